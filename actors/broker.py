@@ -1,0 +1,73 @@
+"""The RabbitMQ broker with the guard middleware in front, and one actor per registered job."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import dramatiq
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
+from dramatiq.middleware import Middleware, default_middleware
+
+from actors.concurrency_cap import ConcurrencyCap
+from actors.dedup import Dedup
+from actors.runner import JobRunner
+from actors.status_ledger import StatusLedger
+from domain.registry import JobSpec, Registry
+from store.leases import SqlLeases
+from store.ledger import SqlLedger
+
+HEARTBEAT_S = 30
+
+
+def make_broker(
+    *, url: str, ledger: SqlLedger, leases: SqlLeases, extra: list[Middleware] | None = None
+) -> RabbitmqBroker:
+    """A confirming RabbitMQ broker: ConcurrencyCap, StatusLedger and Dedup run before everything else.
+
+    Their before-hooks run first (in that order) and their after-hooks last, after Retries has
+    decided between another attempt and the dead letter queue.
+    """
+    front: list[Middleware] = [ConcurrencyCap(leases=leases), StatusLedger(ledger=ledger), Dedup(ledger=ledger)]
+    rest = [m() for m in default_middleware]
+    return RabbitmqBroker(
+        url=with_heartbeat(url), confirm_delivery=True, middleware=[*front, *rest, *(extra or [])]
+    )
+
+
+def with_heartbeat(url: str) -> str:
+    """`url` with an AMQP heartbeat unless it names one; pika's default is the server's (60 s)."""
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    query.setdefault("heartbeat", str(HEARTBEAT_S))
+    query.setdefault("connection_attempts", "2")
+    query.setdefault("retry_delay", "1")
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def declare_actors(broker: dramatiq.Broker, registry: Registry, runner: JobRunner) -> Mapping[str, Any]:
+    """One actor per job, on the job's own queue, named after the job's actor verb phrase."""
+    return {spec.name: _declare(broker, spec, runner) for spec in registry}
+
+
+def _declare(broker: dramatiq.Broker, spec: JobSpec, runner: JobRunner) -> Any:
+    def body(dispatch_key: str, params: dict[str, Any]) -> None:
+        runner.run_in_worker(spec, dispatch_key, params)
+
+    body.__name__ = body.__qualname__ = spec.actor_name
+    return dramatiq.actor(
+        body,
+        broker=broker,
+        actor_name=spec.actor_name,
+        queue_name=spec.queue,
+        max_retries=spec.max_retries,
+        min_backoff=spec.min_backoff_ms,
+        max_backoff=spec.max_backoff_ms,
+        time_limit=spec.time_limit_ms,
+        job=spec.name,
+        concurrency_cap=spec.concurrency_cap,
+        overlap=spec.overlap,
+        max_wait_ms=spec.max_wait_ms,
+        lease_s=runner.lease_s(spec),
+    )

@@ -1,0 +1,81 @@
+"""ConcurrencyCap: at most N runs of a job at once across every worker process and host."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from typing import Any
+
+from dramatiq.logging import get_logger
+from dramatiq.middleware import Middleware, SkipMessage
+
+from actors import attempt
+from actors.defer import defer
+from store.errors import StoreError
+from store.leases import SqlLeases
+
+
+class ConcurrencyCap(Middleware):
+    """Hold one of the job's `concurrency_cap` database leases while its message runs.
+
+    A message that finds every slot held is deferred (re-enqueued with a delay, no retry consumed)
+    or, with `overlap="skip"`, ends `skipped`. A holder that dies keeps its slot until the lease
+    expires. If the database cannot be reached the message is deferred: nothing runs unguarded.
+
+    Parameters:
+      leases: the shared lease store.
+      retry_delay_ms: how long a deferred message waits before trying again (plus up to 50% jitter).
+      lease_s: lease length when the actor declares none (seconds).
+    """
+
+    def __init__(self, *, leases: SqlLeases, retry_delay_ms: int = 1_000, lease_s: float = 630.0) -> None:
+        self.logger = get_logger(__name__, type(self))
+        self.leases = leases
+        self.retry_delay_ms = retry_delay_ms
+        self.lease_s = lease_s
+
+    @property
+    def actor_options(self) -> set[str]:
+        return {"job", "concurrency_cap", "overlap", "max_wait_ms", "lease_s"}
+
+    def before_process_message(self, broker: Any, message: Any) -> None:
+        cap = attempt.option(broker, message, "concurrency_cap", None)
+        if cap is None:
+            return
+        state = attempt.of(broker, message)
+        max_wait_ms = attempt.option(broker, message, "max_wait_ms", 3_600_000)
+        delay_ms = int(self.retry_delay_ms * (1 + random.random() / 2))
+        holder = f"{state.key}#{uuid.uuid4().hex[:12]}"
+        try:
+            acquired = self.leases.acquire(
+                state.job, cap=cap, holder=holder,
+                lease_s=attempt.option(broker, message, "lease_s", self.lease_s),
+            )
+        except StoreError as e:
+            defer(broker, message, delay_ms=delay_ms, max_wait_ms=max_wait_ms, status="deferred",
+                  detail=f"store unavailable: {e}")
+        if not acquired:
+            detail = f"concurrency cap {cap} reached"
+            if attempt.option(broker, message, "overlap", "defer") == "skip":
+                state.verdict = ("skipped", detail)
+                raise SkipMessage(detail)
+            defer(broker, message, delay_ms=delay_ms, max_wait_ms=max_wait_ms, status="deferred", detail=detail)
+        state.holder = holder
+
+    def after_process_message(
+        self, broker: Any, message: Any, *, result: Any = None, exception: BaseException | None = None
+    ) -> None:
+        self._release(broker, message)
+
+    def after_skip_message(self, broker: Any, message: Any) -> None:
+        self._release(broker, message)
+
+    def _release(self, broker: Any, message: Any) -> None:
+        state = attempt.of(broker, message)
+        if state.holder is None:
+            return
+        try:
+            self.leases.release(state.job, holder=state.holder)
+        except StoreError:
+            self.logger.warning("Could not release slot %r; it frees when its lease expires.", state.holder)
+        state.holder = None

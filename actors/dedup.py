@@ -1,0 +1,70 @@
+"""Dedup: at most one successful run per dispatch key, and never two holders of a key at once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dramatiq.logging import get_logger
+from dramatiq.middleware import Middleware, SkipMessage
+
+from actors import attempt
+from actors.defer import defer
+from store.errors import StoreError
+from store.ledger import SqlLedger
+
+
+class Dedup(Middleware):
+    """Claim the message's dispatch key on the ledger before the actor runs.
+
+    A key that already succeeded is skipped and counted as a duplicate. A key held by a live
+    attempt elsewhere (a second copy of the message) is deferred until that lease can expire. A
+    key whose holder died is taken over, and the ledger records `lost`. A key that crashed its
+    worker more than `max_retries` times is declared `dead` and dead-lettered.
+
+    Parameters:
+      ledger: the status ledger.
+      lease_s: dedup lease when the actor declares none (seconds).
+      busy_delay_ms: the longest a second copy waits before looking again.
+    """
+
+    def __init__(self, *, ledger: SqlLedger, lease_s: float = 630.0, busy_delay_ms: int = 5_000) -> None:
+        self.logger = get_logger(__name__, type(self))
+        self.ledger = ledger
+        self.lease_s = lease_s
+        self.busy_delay_ms = busy_delay_ms
+
+    def before_process_message(self, broker: Any, message: Any) -> None:
+        state = attempt.of(broker, message)
+        max_wait_ms = attempt.option(broker, message, "max_wait_ms", 3_600_000)
+        max_retries = attempt.option(broker, message, "max_retries", 20)
+        try:
+            claim = self.ledger.claim(
+                attempt.new_run(broker, message),
+                lease_s=attempt.option(broker, message, "lease_s", self.lease_s),
+                worker=attempt.this_worker(),
+                max_attempts=max_retries + 1,
+            )
+        except StoreError as e:
+            defer(broker, message, delay_ms=self.busy_delay_ms, max_wait_ms=max_wait_ms, status="deferred",
+                  detail=f"store unavailable: {e}")
+        if claim.outcome == "claimed":
+            state.token = claim.token
+            attempt.current.set(state)
+            return
+        if claim.outcome == "busy":
+            assert claim.run.lease_expires_at is not None
+            wait_ms = int((claim.run.lease_expires_at.timestamp() - attempt.now_ms() / 1000) * 1000) + 100
+            defer(broker, message, delay_ms=max(100, min(self.busy_delay_ms, wait_ms)),
+                  max_wait_ms=max_wait_ms, status="running", detail="another attempt holds the key")
+        if claim.outcome == "exhausted":
+            message.fail()
+        state.verdict = (claim.outcome, f"run is {claim.run.status}")
+        raise SkipMessage(state.verdict[1])
+
+    def after_process_message(
+        self, broker: Any, message: Any, *, result: Any = None, exception: BaseException | None = None
+    ) -> None:
+        attempt.current.set(None)
+
+    def after_skip_message(self, broker: Any, message: Any) -> None:
+        attempt.current.set(None)

@@ -1,0 +1,190 @@
+"""The dispatch API every trigger uses: HTTP routes, the scheduler, the CLI and replays."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from domain import keys
+from domain.registry import JobSpec, Registry
+from domain.runs import Mode, RunStatus
+from store.ledger import NewRun, RunView, SqlLedger, utcnow
+
+from actors.runner import JobRunner
+
+logger = logging.getLogger(__name__)
+
+
+class DispatchError(Exception):
+    """Root of dispatch failures."""
+
+
+class PublishFailed(DispatchError):
+    """The broker did not take the message; nothing ran. The ledger row is `failed` and may be re-triggered."""
+
+    def __init__(self, broker: str, reason: str) -> None:
+        super().__init__(f"could not publish to {broker}: {reason}")
+        self.broker = broker
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """What a trigger gets back: the identity of the run and its status right now."""
+
+    mode: str
+    job: str
+    dispatch_key: str
+    message_id: str
+    correlation_id: str
+    slot: datetime | None
+    duplicate: bool
+    status: str
+    run_id: int
+    result: Mapping[str, Any] | None = None
+
+    def asjson(self) -> dict[str, Any]:
+        """The `dispatch` object of HTTP answers and CLI output (stable keys, camelCase)."""
+        return {
+            "mode": self.mode,
+            "job": self.job,
+            "dispatchKey": self.dispatch_key,
+            "messageId": self.message_id,
+            "correlationId": self.correlation_id,
+            "slot": self.slot.isoformat() if self.slot else None,
+            "duplicate": self.duplicate,
+            "status": self.status,
+            "runId": self.run_id,
+        }
+
+
+class Dispatcher:
+    """Turns a trigger into at most one run per dispatch key, queued on RabbitMQ or run inline.
+
+    Parameters:
+      registry: the jobs.
+      ledger: the status ledger (and dedup record).
+      actors: job name -> Dramatiq actor, for queue mode.
+      runner: runs a job in-process, for inline mode.
+      inline_all: run every job inline.
+      inline_jobs: run these jobs inline.
+      broker_name: how a publish failure names the broker (no credentials).
+      clock: the current UTC time.
+    """
+
+    def __init__(
+        self,
+        *,
+        registry: Registry,
+        ledger: SqlLedger,
+        actors: Mapping[str, Any],
+        runner: JobRunner,
+        inline_all: bool = False,
+        inline_jobs: frozenset[str] = frozenset(),
+        broker_name: str = "RabbitMQ",
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.registry = registry
+        self.ledger = ledger
+        self.actors = actors
+        self.runner = runner
+        self.inline_all = inline_all
+        self.inline_jobs = inline_jobs
+        self.broker_name = broker_name
+        self.clock = clock
+
+    def is_inline(self, job: str) -> bool:
+        return self.inline_all or job in self.inline_jobs
+
+    def new_run(
+        self,
+        spec: JobSpec,
+        *,
+        params: Mapping[str, Any],
+        trigger: str,
+        mode: Mode,
+        correlation_id: str | None,
+        slot: datetime | None,
+        key: str | None = None,
+        replay_of: int | None = None,
+    ) -> NewRun:
+        if slot is None and spec.cron is not None and key is None:
+            slot = keys.schedule_slot(spec.cron, spec.tz, self.clock())
+        key = key or keys.dispatch_key(spec.name, slot, params)
+        return NewRun(
+            job=spec.name,
+            dispatch_key=key,
+            message_id=keys.message_id(key),
+            correlation_id=correlation_id or uuid.uuid4().hex,
+            trigger=trigger,
+            mode=mode,
+            slot=slot,
+            params=dict(params),
+            replay_of=replay_of,
+        )
+
+    def dispatch(
+        self,
+        job: str,
+        *,
+        trigger: str,
+        params: Mapping[str, Any] | None = None,
+        correlation_id: str | None = None,
+        slot: datetime | None = None,
+        key: str | None = None,
+        inline: bool | None = None,
+        replay_of: int | None = None,
+    ) -> Dispatch:
+        """Record and start the run of `job` for its current slot (or `slot`, or an explicit `key`).
+
+        Raises UnknownJob, PublishFailed, and StoreError when the ledger cannot be written.
+        """
+        spec = self.registry[job]
+        mode = Mode.INLINE if (self.is_inline(job) if inline is None else inline) else Mode.QUEUE
+        new = self.new_run(spec, params=params or {}, trigger=trigger, mode=mode, correlation_id=correlation_id,
+                           slot=slot, key=key, replay_of=replay_of)
+        run, duplicate = self.ledger.record_dispatch(new)
+        if duplicate:
+            logger.info("Duplicate dispatch of %r (run is %s)", new.dispatch_key, run.status)
+            return _answer(mode, run, duplicate=True)
+        if mode == Mode.INLINE:
+            outcome = self.runner.run_inline(spec, new)
+            return _answer(mode, outcome.run, duplicate=False, result=outcome.result)
+        self.publish(spec, run)
+        return _answer(mode, run, duplicate=False)
+
+    def publish(self, spec: JobSpec, run: RunView) -> None:
+        """Send the run's message; on failure mark the run `failed` and raise PublishFailed."""
+        actor = self.actors[spec.name]
+        message = actor.message_with_options(
+            args=(run.dispatch_key, run.params),
+            correlation_id=run.correlation_id,
+            trigger=run.trigger,
+        ).copy(message_id=run.message_id)
+        try:
+            actor.broker.enqueue(message)
+        except Exception as e:
+            reason = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            logger.error("Publishing %r failed: %s", run.dispatch_key, reason)
+            self.ledger.finish(run.dispatch_key, RunStatus.FAILED, token=None, error=e,
+                               detail=f"enqueue failed: {reason}")
+            raise PublishFailed(self.broker_name, reason) from e
+
+
+def _answer(mode: str, run: RunView, *, duplicate: bool, result: Mapping[str, Any] | None = None) -> Dispatch:
+    return Dispatch(
+        mode=mode,
+        job=run.job,
+        dispatch_key=run.dispatch_key,
+        message_id=run.message_id,
+        correlation_id=run.correlation_id,
+        slot=run.slot,
+        duplicate=duplicate,
+        status=run.status,
+        run_id=run.id,
+        result=result,
+    )

@@ -1,0 +1,111 @@
+"""JobRunner: runs one attempt of a job's domain function, in a worker or inline, behind the same guards."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from domain.context import JobContext
+from domain.ports import Ports
+from domain.registry import JobSpec
+from domain.runs import RunStatus
+from store.ledger import NewRun, RunView, SqlLedger, utcnow
+from store.leases import SqlLeases
+from store.uow import SqlUnitOfWork
+
+from actors import attempt
+
+logger = logging.getLogger(__name__)
+
+#: How often an inline run polls for a free slot, and for how long at most.
+INLINE_POLL_S = 0.2
+INLINE_MAX_WAIT_S = 30.0
+
+
+@dataclass(frozen=True)
+class InlineOutcome:
+    run: RunView
+    result: Mapping[str, Any] | None
+
+
+class JobRunner:
+    """Executes domain functions: their effects and the `succeeded` mark commit in one transaction.
+
+    Parameters:
+      ledger, leases: the guards' stores.
+      uow: makes a unit of work over the store.
+      ports: the adapters handed to every job.
+      lease_grace_s: added to a job's time limit to get its lease length.
+      clock: the current UTC time.
+    """
+
+    def __init__(
+        self,
+        *,
+        ledger: SqlLedger,
+        leases: SqlLeases,
+        uow: Callable[[], SqlUnitOfWork],
+        ports: Ports,
+        lease_grace_s: float = attempt.DEFAULT_LEASE_GRACE_S,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.ledger = ledger
+        self.leases = leases
+        self.uow = uow
+        self.ports = ports
+        self.lease_grace_s = lease_grace_s
+        self.clock = clock
+
+    def lease_s(self, spec: JobSpec) -> float:
+        return spec.time_limit_ms / 1000 + self.lease_grace_s
+
+    def execute(self, spec: JobSpec, key: str, token: str, params: Mapping[str, Any]) -> Mapping[str, Any]:
+        """Call the domain function and commit its work together with the fenced `succeeded` mark."""
+        with self.uow() as uow:
+            result = spec.run(JobContext(uow=uow, params=params, now=self.clock(), ports=self.ports))
+            self.ledger.complete_in(uow.session, key, token, result)
+            uow.commit()
+        logger.info("Run %r succeeded: %s", key, dict(result))
+        return result
+
+    def run_in_worker(self, spec: JobSpec, key: str, params: Mapping[str, Any]) -> None:
+        """The actor body: the attempt was claimed by Dedup in this thread."""
+        state = attempt.current.get()
+        if state is None or state.key != key or state.token is None:
+            raise RuntimeError(f"{spec.actor_name} ran without a claim on {key!r}: is Dedup installed?")
+        self.execute(spec, key, state.token, params)
+
+    def run_inline(self, spec: JobSpec, new: NewRun) -> InlineOutcome:
+        """Run in this process through the same cap, claim and ledger writes as a worker, in that order."""
+        lease_s = self.lease_s(spec)
+        key = new.dispatch_key
+        holder = f"{key}#{uuid.uuid4().hex[:12]}"
+        deadline = time.monotonic() + min(INLINE_MAX_WAIT_S, spec.max_wait_ms / 1000)
+        while not self.leases.acquire(spec.name, cap=spec.concurrency_cap, holder=holder, lease_s=lease_s):
+            if spec.overlap == "skip" or time.monotonic() > deadline:
+                status = RunStatus.SKIPPED if spec.overlap == "skip" else RunStatus.FAILED
+                run = self.ledger.finish(key, status, token=None,
+                                         detail=f"concurrency cap {spec.concurrency_cap} reached")
+                assert run is not None
+                return InlineOutcome(run, None)
+            time.sleep(INLINE_POLL_S)
+        try:
+            claim = self.ledger.claim(new, lease_s=lease_s, worker=attempt.this_worker(), max_attempts=1 << 30)
+            if claim.token is None:
+                return InlineOutcome(claim.run, None)
+            try:
+                result = self.execute(spec, key, claim.token, new.params)
+            except Exception as e:
+                logger.exception("Inline run %r failed", key)
+                run = self.ledger.finish(key, RunStatus.FAILED, token=claim.token, error=e)
+                return InlineOutcome(run or claim.run, None)
+        finally:
+            self.leases.release(spec.name, holder=holder)
+        final = self.ledger.get(key)
+        assert final is not None
+        return InlineOutcome(final, result)

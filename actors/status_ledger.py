@@ -1,0 +1,56 @@
+"""StatusLedger: records how each delivery ended on the run's ledger row."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dramatiq.logging import get_logger
+from dramatiq.middleware import Middleware
+
+from actors import attempt
+from domain.runs import RunStatus
+from store.errors import StoreError
+from store.ledger import SqlLedger
+
+
+class StatusLedger(Middleware):
+    """Write `retrying`, `dead`, `deferred` and `skipped`; Dedup writes `running`, `lost` and takeovers.
+
+    `succeeded` is committed by the actor body in the same transaction as the job's effects, so
+    a run is never recorded as done without them. Place this middleware ahead of Retries: its
+    after-hooks then run after Retries has decided between another attempt and the dead letter.
+
+    Parameters:
+      ledger: the status ledger.
+    """
+
+    def __init__(self, *, ledger: SqlLedger) -> None:
+        self.logger = get_logger(__name__, type(self))
+        self.ledger = ledger
+
+    def after_process_message(
+        self, broker: Any, message: Any, *, result: Any = None, exception: BaseException | None = None
+    ) -> None:
+        state = attempt.of(broker, message)
+        if exception is None or state.token is None:
+            return
+        status = RunStatus.DEAD if message.failed else RunStatus.RETRYING
+        self._write(state.key, lambda: self.ledger.finish(state.key, status, token=state.token, error=exception))
+
+    def after_skip_message(self, broker: Any, message: Any) -> None:
+        state = attempt.of(broker, message)
+        if state.verdict is None:
+            return
+        status, detail = state.verdict
+        if status == RunStatus.DEFERRED:
+            self._write(state.key, lambda: self.ledger.defer(state.key, detail=detail))
+        elif status in (RunStatus.SKIPPED, RunStatus.DEAD):
+            self._write(
+                state.key, lambda: self.ledger.finish(state.key, RunStatus(status), token=None, detail=detail)
+            )
+
+    def _write(self, key: str, write: Any) -> None:
+        try:
+            write()
+        except (StoreError, LookupError) as e:
+            self.logger.warning("Could not record the outcome of %r on the ledger: %s", key, e)

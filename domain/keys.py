@@ -1,0 +1,42 @@
+"""Dispatch keys: the deterministic identity of one run of one job in one schedule slot."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from croniter import croniter
+
+_NAMESPACE = uuid.UUID("6f1d2a4e-5b0c-4c1e-9a57-0ff10ad0f10a")
+
+
+def params_hash(params: Mapping[str, Any]) -> str:
+    """Twelve hex digits of SHA-256 over the canonical JSON of `params` (key order does not matter)."""
+    canonical = json.dumps(params, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+def schedule_slot(cron: str, tz: str, now: datetime) -> datetime:
+    """The latest fire time of `cron` in zone `tz` at or before `now`, returned in UTC."""
+    local = now.astimezone(ZoneInfo(tz)).replace(second=0, microsecond=0)
+    if croniter.match(cron, local):
+        return local.astimezone(UTC)
+    # croniter steps back from a point strictly after the minute we want to include.
+    prev: datetime = croniter(cron, local + timedelta(seconds=1)).get_prev(datetime)
+    return prev.astimezone(UTC)
+
+
+def dispatch_key(job: str, slot: datetime | None, params: Mapping[str, Any]) -> str:
+    """`job:slot:paramhash`, e.g. `followups:2026-11-29T09:05Z:44136fa355b3`; no slot for unscheduled work."""
+    slot_text = slot.astimezone(UTC).strftime("%Y-%m-%dT%H:%MZ") if slot is not None else "-"
+    return f"{job}:{slot_text}:{params_hash(params)}"
+
+
+def message_id(key: str) -> str:
+    """The broker message id of a dispatch key: a UUID5, so every trigger of the key names one message."""
+    return str(uuid.uuid5(_NAMESPACE, key))

@@ -1,0 +1,54 @@
+"""Ports: what the domain needs from the outside, as Protocols the store and adapters implement."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class BackgroundJob:
+    id: int
+    type: str
+    payload: Mapping[str, Any]
+    attempts: int
+    max_attempts: int
+
+
+class BackgroundJobs(Protocol):
+    def add(
+        self, *, type: str, payload: Mapping[str, Any], run_at: datetime, max_attempts: int = 5
+    ) -> int: ...
+
+    def claim_due(self, *, now: datetime, limit: int, lease_s: float) -> list[BackgroundJob]:
+        """Mark up to `limit` due rows running (attempt + 1) until `now + lease_s` and return them."""
+        ...
+
+    def mark_done(self, job_id: int, *, now: datetime) -> None: ...
+
+    def mark_retry(self, job_id: int, *, run_at: datetime, error: str) -> None: ...
+
+    def mark_failed(self, job_id: int, *, now: datetime, error: str) -> None: ...
+
+
+class UnitOfWork(Protocol):
+    """One transaction over the repositories; `commit` makes the work so far durable."""
+
+    background_jobs: BackgroundJobs
+
+    def commit(self) -> None: ...
+
+    def rollback(self) -> None: ...
+
+
+#: A background-job handler: does the work of one row; raising TransientError retries it later.
+Handler = Callable[[UnitOfWork, Mapping[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class Ports:
+    """The adapters a job may call, chosen by the composition root."""
+
+    background_handlers: Mapping[str, Handler] = field(default_factory=dict)

@@ -1,0 +1,77 @@
+"""Builds the runtime (store, broker, actors, dispatcher) from settings; the one place that wires."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from actors.broker import declare_actors, make_broker
+from actors.dispatch import Dispatcher
+from actors.runner import JobRunner
+from domain import background_jobs
+from domain.ports import Ports
+from domain.registry import JOBS, Registry
+from offload.settings import Settings, redact
+from store import db
+from store.leases import SqlLeases
+from store.ledger import SqlLedger
+from store.uow import SqlUnitOfWork
+
+
+def default_ports() -> Ports:
+    return Ports(background_handlers={"noop": background_jobs.noop})
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    registry: Registry
+    engine: Engine
+    sessions: sessionmaker[Session]
+    ledger: SqlLedger
+    leases: SqlLeases
+    runner: JobRunner
+    broker: Any
+    actors: dict[str, Any]
+    dispatcher: Dispatcher
+
+    def uow(self) -> SqlUnitOfWork:
+        return SqlUnitOfWork(self.sessions)
+
+    def ping_database(self) -> None:
+        with db.translate_errors(), self.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+
+    def close(self) -> None:
+        self.broker.close()
+        self.engine.dispose()
+
+
+def build(settings: Settings, *, registry: Registry = JOBS, ports: Ports | None = None) -> Runtime:
+    settings.check_jobs(registry.names)
+    engine = db.make_engine(settings.database_url, pool_size=max(5, settings.worker_threads + 2))
+    sessions = db.make_sessions(engine)
+    ledger = SqlLedger(sessions)
+    leases = SqlLeases(sessions)
+    runner = JobRunner(
+        ledger=ledger,
+        leases=leases,
+        uow=lambda: SqlUnitOfWork(sessions),
+        ports=ports or default_ports(),
+        lease_grace_s=settings.lease_grace_s,
+    )
+    broker = make_broker(url=settings.broker_url, ledger=ledger, leases=leases)
+    actors = dict(declare_actors(broker, registry, runner))
+    dispatcher = Dispatcher(
+        registry=registry,
+        ledger=ledger,
+        actors=actors,
+        runner=runner,
+        inline_all=settings.inline,
+        inline_jobs=settings.inline_jobs,
+        broker_name=f"RabbitMQ at {redact(settings.broker_url)}",
+    )
+    return Runtime(settings, registry, engine, sessions, ledger, leases, runner, broker, actors, dispatcher)

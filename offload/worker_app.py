@@ -1,0 +1,13 @@
+"""The module `offload worker` hands to the Dramatiq CLI: builds the runtime in each worker process."""
+
+from __future__ import annotations
+
+import logging
+
+from offload.settings import Settings
+from offload.wiring import build
+
+logging.getLogger("pika").setLevel(logging.WARNING)
+
+runtime = build(Settings.load())
+broker = runtime.broker

@@ -1,0 +1,1 @@
+"""Persistence: SQLAlchemy models, migrations and the implementations of the domain's ports."""

@@ -1,0 +1,94 @@
+"""Engines, sessions and migrations for SQLite (the embedded default) and PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event, exc
+from sqlalchemy.orm import Session, sessionmaker
+
+from store.errors import StoreError, StoreUnavailable
+
+SQLITE_BUSY_TIMEOUT_MS = 5_000
+_MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def make_engine(url: str, *, pool_size: int = 10) -> Engine:
+    """An engine tuned per backend: SQLite in WAL mode with serialized writers, PostgreSQL with pre-ping."""
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+            # Take over transaction control from the sqlite3 module so every transaction is
+            # BEGIN IMMEDIATE: a reader that later writes can then never fail with SQLITE_BUSY.
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn: Any) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        connect_args={"connect_timeout": 5},
+    )
+
+
+def make_sessions(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextmanager
+def translate_errors() -> Iterator[None]:
+    """Turn driver errors into StoreUnavailable (connection, lock) or StoreError (the rest)."""
+    try:
+        yield
+    except exc.OperationalError as e:
+        raise StoreUnavailable(_first_line(e)) from e
+    except exc.DBAPIError as e:
+        if e.connection_invalidated:
+            raise StoreUnavailable(_first_line(e)) from e
+        raise StoreError(_first_line(e)) from e
+    except exc.SQLAlchemyError as e:
+        raise StoreError(_first_line(e)) from e
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(getattr(e, "orig", None) or e)
+    return text.strip().splitlines()[0][:300] if text.strip() else type(e).__name__
+
+
+def alembic_config(engine: Engine) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(_MIGRATIONS))
+    cfg.attributes["engine"] = engine
+    return cfg
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Apply migrations up to `revision`."""
+    with translate_errors():
+        command.upgrade(alembic_config(engine), revision)
+
+
+def current_revision(engine: Engine) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    with translate_errors(), engine.connect() as conn:
+        rev: str | None = MigrationContext.configure(conn).get_current_revision()
+        return rev

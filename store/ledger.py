@@ -1,0 +1,385 @@
+"""SqlLedger: the status ledger and the dedup record, one row per dispatch key plus its event history."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from domain.runs import CLAIMABLE, REOPENABLE, RunStatus
+from store.db import translate_errors
+from store.errors import LeaseLost
+from store.models import Run, RunEvent
+
+ERROR_CHARS = 2000
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Worker:
+    host: str
+    pid: int
+
+
+@dataclass(frozen=True)
+class NewRun:
+    job: str
+    dispatch_key: str
+    message_id: str
+    correlation_id: str
+    trigger: str
+    mode: str
+    slot: datetime | None
+    params: Mapping[str, Any]
+    replay_of: int | None = None
+
+
+@dataclass(frozen=True)
+class RunView:
+    """A read-only snapshot of a ledger row."""
+
+    id: int
+    job: str
+    dispatch_key: str
+    message_id: str
+    correlation_id: str
+    trigger: str
+    mode: str
+    status: str
+    slot: datetime | None
+    params: dict[str, Any]
+    attempt: int
+    duplicates: int
+    deferrals: int
+    queued_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+    lease_expires_at: datetime | None
+    worker_host: str | None
+    worker_pid: int | None
+    error_type: str | None
+    error_message: str | None
+    result: dict[str, Any] | None
+    replay_of: int | None
+
+    @classmethod
+    def of(cls, row: Run) -> RunView:
+        return cls(**{f.name: getattr(row, f.name) for f in fields(cls)})
+
+    def asdict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = value.isoformat() if isinstance(value, datetime) else value
+        return out
+
+
+@dataclass(frozen=True)
+class EventView:
+    at: datetime
+    status: str
+    attempt: int
+    worker_host: str | None
+    worker_pid: int | None
+    detail: str | None
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The verdict of a claim: run it (`token` set), or why not."""
+
+    outcome: Literal["claimed", "duplicate", "busy", "exhausted"]
+    run: RunView
+    token: str | None = None
+
+
+class SqlLedger:
+    """Writes every state change of a run; the unique dispatch key makes it the dedup record too.
+
+    Parameters:
+      sessions: a session factory bound to the store's engine.
+      clock: returns the current UTC time (tests pass a fake).
+    """
+
+    def __init__(self, sessions: sessionmaker[Session], *, clock: Callable[[], datetime] = utcnow) -> None:
+        self._sessions = sessions
+        self._clock = clock
+
+    # -- dispatch side -------------------------------------------------------------------------
+
+    def record_dispatch(self, new: NewRun) -> tuple[RunView, bool]:
+        """Insert the run as `queued`, or reopen a failed one; returns (run, duplicate)."""
+        now = self._clock()
+        with translate_errors():
+            with self._sessions() as s:
+                try:
+                    row = _insert(s, new, now)
+                    s.commit()
+                    return RunView.of(row), False
+                except IntegrityError:
+                    s.rollback()
+            with self._sessions() as s:
+                row = _lock(s, new.dispatch_key)
+                if row.status in REOPENABLE:
+                    row.status = RunStatus.QUEUED
+                    row.correlation_id, row.trigger, row.mode = new.correlation_id, new.trigger, new.mode
+                    row.queued_at = row.updated_at = now
+                    row.finished_at = None
+                    _event(s, row, now, detail=f"reopened by {new.trigger}")
+                    duplicate = False
+                else:
+                    row.duplicates += 1
+                    duplicate = True
+                s.commit()
+                return RunView.of(row), duplicate
+
+    # -- worker side ---------------------------------------------------------------------------
+
+    def claim(self, new: NewRun, *, lease_s: float, worker: Worker, max_attempts: int) -> Claim:
+        """Take the run for one attempt: at most one holder at a time, never after success.
+
+        A `running` row whose lease expired was held by a worker that died: it is recorded `lost`
+        and taken over. A run that reached `max_attempts` this way is declared `dead`.
+        """
+        now = self._clock()
+        with translate_errors(), self._sessions() as s:
+            row = _lock(s, new.dispatch_key, missing=new, now=now)
+            if row.status == RunStatus.RUNNING:
+                assert row.lease_expires_at is not None
+                if row.lease_expires_at > now:
+                    return Claim("busy", RunView.of(row))
+                row.status = RunStatus.LOST
+                _event(s, row, now, detail="lease expired; holder presumed dead")
+            elif row.status not in CLAIMABLE:
+                row.duplicates += 1
+                s.commit()
+                return Claim("duplicate", RunView.of(row))
+            if row.attempt >= max_attempts:
+                _set(row, RunStatus.DEAD, now, error=("AttemptsExhausted", f"{row.attempt} attempts"))
+                _event(s, row, now, detail="attempts exhausted")
+                s.commit()
+                return Claim("exhausted", RunView.of(row))
+            token = uuid.uuid4().hex
+            row.status = RunStatus.RUNNING
+            row.attempt += 1
+            row.message_id = new.message_id
+            row.lease_token = token
+            row.lease_expires_at = now + timedelta(seconds=lease_s)
+            row.started_at = row.updated_at = now
+            row.finished_at = None
+            row.worker_host, row.worker_pid = worker.host, worker.pid
+            row.error_type = row.error_message = None
+            _event(s, row, now)
+            s.commit()
+            return Claim("claimed", RunView.of(row), token)
+
+    def finish(
+        self,
+        key: str,
+        status: RunStatus,
+        *,
+        token: str | None,
+        error: BaseException | None = None,
+        result: Mapping[str, Any] | None = None,
+        detail: str | None = None,
+    ) -> RunView | None:
+        """Move a run to `status`. With a token, only while that attempt still holds the lease."""
+        now = self._clock()
+        with translate_errors(), self._sessions() as s:
+            row = _lock(s, key)
+            if token is not None and row.lease_token != token:
+                return None
+            err = (type(error).__name__, str(error)) if error is not None else None
+            _set(row, status, now, error=err, result=result)
+            _event(s, row, now, detail=detail or (f"{err[0]}: {err[1]}" if err else None))
+            s.commit()
+            return RunView.of(row)
+
+    def defer(self, key: str, *, detail: str) -> RunView | None:
+        """Record that a message is waiting for a free slot; a run held elsewhere keeps its status."""
+        now = self._clock()
+        with translate_errors(), self._sessions() as s:
+            row = s.scalars(select(Run).where(Run.dispatch_key == key).with_for_update()).one_or_none()
+            if row is None or row.status not in CLAIMABLE:
+                return None
+            row.deferrals += 1
+            if row.status != RunStatus.DEFERRED:
+                row.status = RunStatus.DEFERRED
+                _event(s, row, now, detail=detail)
+            row.updated_at = now
+            s.commit()
+            return RunView.of(row)
+
+    def complete_in(self, session: Session, key: str, token: str, result: Mapping[str, Any]) -> None:
+        """Mark the attempt succeeded inside the caller's transaction, so it commits with the job's effects.
+
+        Raises LeaseLost when another attempt took the run over: the caller must roll back.
+        """
+        now = self._clock()
+        with translate_errors():
+            updated = session.execute(
+                update(Run)
+                .where(Run.dispatch_key == key, Run.lease_token == token, Run.status == RunStatus.RUNNING)
+                .values(
+                    status=RunStatus.SUCCEEDED,
+                    result=dict(result),
+                    finished_at=now,
+                    updated_at=now,
+                    lease_token=None,
+                    lease_expires_at=None,
+                )
+                .execution_options(synchronize_session=False)
+            )
+            if updated.rowcount != 1:  # type: ignore[attr-defined]
+                raise LeaseLost(key)
+            row_id, attempt, host, pid = session.execute(
+                select(Run.id, Run.attempt, Run.worker_host, Run.worker_pid).where(Run.dispatch_key == key)
+            ).one()
+            session.add(
+                RunEvent(run_id=row_id, at=now, status=RunStatus.SUCCEEDED, attempt=attempt,
+                         worker_host=host, worker_pid=pid)
+            )
+
+    def reap(self, *, limit: int = 500) -> int:
+        """Mark `running` rows whose lease expired as `lost`; their messages are redelivered by RabbitMQ."""
+        now = self._clock()
+        with translate_errors(), self._sessions() as s:
+            rows = s.scalars(
+                select(Run)
+                .where(Run.status == RunStatus.RUNNING, Run.lease_expires_at < now)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            ).all()
+            for row in rows:
+                row.status = RunStatus.LOST
+                row.updated_at = now
+                _event(s, row, now, detail="reaped: lease expired")
+            s.commit()
+            return len(rows)
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def get(self, key: str) -> RunView | None:
+        with translate_errors(), self._sessions() as s:
+            row = s.scalars(select(Run).where(Run.dispatch_key == key)).one_or_none()
+            return RunView.of(row) if row else None
+
+    def get_by_id(self, run_id: int) -> RunView | None:
+        with translate_errors(), self._sessions() as s:
+            row = s.get(Run, run_id)
+            return RunView.of(row) if row else None
+
+    def runs(
+        self, *, job: str | None = None, status: str | None = None, limit: int = 50
+    ) -> Sequence[RunView]:
+        """The newest runs first, optionally of one job or status."""
+        query = select(Run).order_by(Run.queued_at.desc(), Run.id.desc()).limit(limit)
+        if job:
+            query = query.where(Run.job == job)
+        if status:
+            query = query.where(Run.status == status)
+        with translate_errors(), self._sessions() as s:
+            return [RunView.of(r) for r in s.scalars(query)]
+
+    def events(self, key: str) -> Sequence[EventView]:
+        query = (
+            select(RunEvent)
+            .join(Run, Run.id == RunEvent.run_id)
+            .where(Run.dispatch_key == key)
+            .order_by(RunEvent.id)
+        )
+        with translate_errors(), self._sessions() as s:
+            return [
+                EventView(e.at, e.status, e.attempt, e.worker_host, e.worker_pid, e.detail)
+                for e in s.scalars(query)
+            ]
+
+    def counts(self) -> Mapping[tuple[str, str], int]:
+        """Runs per (job, status)."""
+        with translate_errors(), self._sessions() as s:
+            rows = s.execute(select(Run.job, Run.status, func.count()).group_by(Run.job, Run.status))
+            return {(job, status): n for job, status, n in rows}
+
+
+def _insert(s: Session, new: NewRun, now: datetime) -> Run:
+    row = Run(
+        job=new.job,
+        dispatch_key=new.dispatch_key,
+        message_id=new.message_id,
+        correlation_id=new.correlation_id,
+        trigger=new.trigger,
+        mode=new.mode,
+        status=RunStatus.QUEUED,
+        slot=new.slot,
+        params=dict(new.params),
+        attempt=0,
+        duplicates=0,
+        deferrals=0,
+        queued_at=now,
+        updated_at=now,
+        replay_of=new.replay_of,
+    )
+    s.add(row)
+    s.flush()
+    _event(s, row, now)
+    return row
+
+
+def _lock(s: Session, key: str, *, missing: NewRun | None = None, now: datetime | None = None) -> Run:
+    """The row of `key`, locked for this transaction; inserted from `missing` if absent."""
+    query = select(Run).where(Run.dispatch_key == key).with_for_update()
+    row = s.scalars(query).one_or_none()
+    if row is not None:
+        return row
+    if missing is None or now is None:
+        raise LookupError(key)
+    try:
+        with s.begin_nested():
+            return _insert(s, missing, now)
+    except IntegrityError:
+        return s.scalars(query).one()
+
+
+def _set(
+    row: Run,
+    status: RunStatus,
+    now: datetime,
+    *,
+    error: tuple[str, str] | None = None,
+    result: Mapping[str, Any] | None = None,
+) -> None:
+    row.status = status
+    row.updated_at = now
+    if status != RunStatus.RUNNING:
+        row.lease_token = None
+        row.lease_expires_at = None
+        row.finished_at = now
+    if error is not None:
+        row.error_type = error[0][:200]
+        row.error_message = error[1][:ERROR_CHARS]
+    if result is not None:
+        row.result = dict(result)
+
+
+def _event(s: Session, row: Run, now: datetime, *, detail: str | None = None) -> None:
+    s.add(
+        RunEvent(
+            run_id=row.id,
+            at=now,
+            status=row.status,
+            attempt=row.attempt,
+            worker_host=row.worker_host,
+            worker_pid=row.worker_pid,
+            detail=detail[:ERROR_CHARS] if detail else None,
+        )
+    )

@@ -1,0 +1,87 @@
+"""SqlUnitOfWork: one session over the repositories the domain's ports describe."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import Any
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from domain.ports import BackgroundJob
+from store.db import translate_errors
+from store.models import BackgroundJobRow
+
+
+class SqlBackgroundJobs:
+    def __init__(self, session: Session) -> None:
+        self._s = session
+
+    def add(self, *, type: str, payload: Mapping[str, Any], run_at: datetime, max_attempts: int = 5) -> int:
+        row = BackgroundJobRow(
+            type=type, payload=dict(payload), status="pending", attempts=0,
+            max_attempts=max_attempts, run_at=run_at, created_at=run_at,
+        )
+        self._s.add(row)
+        self._s.flush()
+        return row.id
+
+    def claim_due(self, *, now: datetime, limit: int, lease_s: float) -> list[BackgroundJob]:
+        rows = self._s.scalars(
+            select(BackgroundJobRow)
+            .where(
+                or_(
+                    (BackgroundJobRow.status == "pending") & (BackgroundJobRow.run_at <= now),
+                    (BackgroundJobRow.status == "running") & (BackgroundJobRow.locked_until < now),
+                )
+            )
+            .order_by(BackgroundJobRow.run_at, BackgroundJobRow.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        ).all()
+        for row in rows:
+            row.status = "running"
+            row.attempts += 1
+            row.locked_until = now + timedelta(seconds=lease_s)
+        return [BackgroundJob(r.id, r.type, dict(r.payload), r.attempts, r.max_attempts) for r in rows]
+
+    def mark_done(self, job_id: int, *, now: datetime) -> None:
+        row = self._s.get_one(BackgroundJobRow, job_id)
+        row.status, row.finished_at, row.locked_until = "done", now, None
+
+    def mark_retry(self, job_id: int, *, run_at: datetime, error: str) -> None:
+        row = self._s.get_one(BackgroundJobRow, job_id)
+        row.status, row.run_at, row.last_error, row.locked_until = "pending", run_at, error, None
+
+    def mark_failed(self, job_id: int, *, now: datetime, error: str) -> None:
+        row = self._s.get_one(BackgroundJobRow, job_id)
+        row.status, row.finished_at, row.last_error, row.locked_until = "failed", now, error, None
+
+
+class SqlUnitOfWork:
+    """Use as a context manager; leaving it without `commit` rolls back. Store errors become StoreError."""
+
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self._sessions = sessions
+
+    def __enter__(self) -> SqlUnitOfWork:
+        self.session = self._sessions()
+        self.background_jobs = SqlBackgroundJobs(self.session)
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            self.session.rollback()
+        finally:
+            self.session.close()
+
+    def commit(self) -> None:
+        with translate_errors():
+            self.session.commit()
+
+    def rollback(self) -> None:
+        self.session.rollback()
