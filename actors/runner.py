@@ -67,7 +67,7 @@ class JobRunner:
     def execute(self, spec: JobSpec, key: str, token: str, params: Mapping[str, Any]) -> Mapping[str, Any]:
         """Call the domain function and commit its work together with the fenced `succeeded` mark."""
         with self.uow() as uow:
-            result = spec.run(JobContext(uow=uow, params=params, now=self.clock(), ports=self.ports))
+            result = spec.run(JobContext(key=key, uow=uow, params=params, now=self.clock(), ports=self.ports))
             self.ledger.complete_in(uow.session, key, token, result)
             uow.commit()
         logger.info("Run %r succeeded: %s", key, dict(result))

@@ -12,6 +12,9 @@ from domain.ports import Ports, UnitOfWork
 
 @dataclass(frozen=True)
 class JobContext:
+    """`key` is the run's dispatch key: stable across the attempts of one run."""
+
+    key: str
     uow: UnitOfWork
     params: Mapping[str, Any]
     now: datetime

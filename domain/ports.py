@@ -52,3 +52,5 @@ class Ports:
     """The adapters a job may call, chosen by the composition root."""
 
     background_handlers: Mapping[str, Handler] = field(default_factory=dict)
+    #: event type -> handler; see domain.webhooks.WebhookHandler (typed loosely to avoid a cycle).
+    webhook_handlers: Mapping[str, Callable[..., None]] = field(default_factory=dict)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -114,3 +114,29 @@ class BackgroundJobRow(Base):
     finished_at: Mapped[datetime | None]
 
     __table_args__ = (Index("ix_background_jobs_due", "status", "run_at"),)
+
+
+class WebhookEvent(Base):
+    """An incoming webhook, committed before the sender gets its 2xx; drained by a worker."""
+
+    __tablename__ = "webhook_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    provider: Mapped[str] = mapped_column(String(50))
+    provider_event_id: Mapped[str] = mapped_column(String(200))
+    event_type: Mapped[str] = mapped_column(String(100))
+    lead_ref: Mapped[str | None] = mapped_column(String(320))
+    headers: Mapped[dict[str, Any]]
+    body: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(20), default="pending")
+    status_reason: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(default=0)
+    received_at: Mapped[datetime]
+    queued_at: Mapped[datetime | None]
+    processed_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        UniqueConstraint("provider", "provider_event_id", name="uq_webhook_events_provider_event"),
+        Index("ix_webhook_events_status_received", "status", "received_at"),
+        Index("ix_webhook_events_lead", "lead_ref", "id"),
+    )

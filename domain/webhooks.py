@@ -1,0 +1,63 @@
+"""The sending platform's webhook payload, as the ingress validates it and the handlers read it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+#: Event types that have a handler; any other type is stored and marked ignored.
+KNOWN_TYPES = ("EMAIL_SENT", "LEAD_REPLIED", "EMAIL_BOUNCED", "LEAD_UNSUBSCRIBED")
+_NEEDS_MESSAGE = ("EMAIL_SENT", "LEAD_REPLIED")
+
+
+class EventMeta(BaseModel):
+    id: str = Field(min_length=1, max_length=200)
+    type: str = Field(min_length=1, max_length=100)
+    created_at: datetime | None = None
+
+
+class Lead(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    email: str = Field(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")
+    id: str | None = Field(default=None, max_length=200, description="the sending platform's lead id")
+    first_name: str | None = None
+    last_name: str | None = None
+    time_zone: str | None = None
+    campaign_id: str | None = None
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    id: str = Field(min_length=1, max_length=300, description="provider message id")
+    thread_id: str | None = None
+    subject: str | None = None
+    at: datetime = Field(description="when it was sent or received")
+    sequence_step: int | None = None
+
+
+class EmailWebhook(BaseModel):
+    """`{"event": {...}, "workspace_id": ..., "lead": {...}, "message": {...}}`."""
+
+    model_config = ConfigDict(extra="allow")
+
+    event: EventMeta
+    workspace_id: str = Field(min_length=1, max_length=200)
+    lead: Lead | None = None
+    message: Message | None = None
+
+    @model_validator(mode="after")
+    def _fields_for_type(self) -> EmailWebhook:
+        if self.event.type in KNOWN_TYPES and self.lead is None:
+            raise ValueError(f"{self.event.type} needs a lead")
+        if self.event.type in _NEEDS_MESSAGE and self.message is None:
+            raise ValueError(f"{self.event.type} needs a message")
+        return self
+
+
+#: Applies one stored event to the domain, idempotently (by provider ids): (unit of work, event, now).
+WebhookHandler = Callable[[Any, EmailWebhook, datetime], None]

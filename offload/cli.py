@@ -1,0 +1,208 @@
+"""The `offload` command line: run the processes, dispatch jobs, read the ledger."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+import click
+
+from offload.settings import Settings, SettingsError, redact
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=True)
+    except SettingsError as e:
+        click.echo(f"offload: {e}", err=True)
+        sys.exit(2)
+
+
+class Ctx:
+    """Lazily built runtime, so `--help` and settings errors need no database or broker."""
+
+    def __init__(self) -> None:
+        self._runtime: Any = None
+        self._settings: Settings | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            from domain.registry import JOBS
+
+            self._settings = Settings.load()
+            self._settings.check_jobs(JOBS.names)
+        return self._settings
+
+    @property
+    def runtime(self) -> Any:
+        if self._runtime is None:
+            from offload.wiring import build
+
+            self._runtime = build(self.settings)
+        return self._runtime
+
+
+pass_ctx = click.make_pass_decorator(Ctx, ensure=True)
+
+
+@click.group()
+@click.option("-v", "--verbose", is_flag=True, help="Log at INFO level.")
+def cli(verbose: bool) -> None:
+    """offload: scheduled jobs and webhooks, run on RabbitMQ workers."""
+    import logging
+
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("pika").setLevel(logging.WARNING)
+
+
+@cli.group()
+def db() -> None:
+    """Database migrations."""
+
+
+@db.command("upgrade")
+@pass_ctx
+def db_upgrade(ctx: Ctx) -> None:
+    """Apply every migration."""
+    from store import db as store_db
+
+    store_db.upgrade(ctx.runtime.engine)
+    click.echo(f"database at revision {store_db.current_revision(ctx.runtime.engine)}")
+
+
+@cli.command()
+@pass_ctx
+def jobs(ctx: Ctx) -> None:
+    """List the registered jobs."""
+    from domain.registry import JOBS
+
+    for spec in JOBS:
+        flag = "inline" if (ctx.settings.inline or spec.name in ctx.settings.inline_jobs) else "queue"
+        click.echo(
+            f"{spec.name:32} {spec.cron or '-':14} {spec.tz:16} cap={spec.concurrency_cap} "
+            f"retries={spec.max_retries} {flag:6} {spec.queue}"
+        )
+
+
+@cli.command()
+@click.option("--processes", type=int, help="Worker processes (OFFLOAD_WORKER_PROCESSES).")
+@click.option("--threads", type=int, help="Threads per process (OFFLOAD_WORKER_THREADS).")
+@click.option("--queues", multiple=True, help="Only consume these queues (default: every job's).")
+@pass_ctx
+def worker(ctx: Ctx, processes: int | None, threads: int | None, queues: tuple[str, ...]) -> None:
+    """Run Dramatiq worker processes for every job's queue."""
+    settings = ctx.settings
+    require_broker(settings)
+    from store import db as store_db
+
+    store_db.upgrade(ctx.runtime.engine)
+    args = [
+        sys.executable, "-m", "dramatiq", "offload.worker_app:broker",
+        "--processes", str(processes or settings.worker_processes),
+        "--threads", str(threads or settings.worker_threads),
+    ]
+    for queue in queues:
+        args += ["--queues", queue]
+    sys.stdout.flush()
+    os.execv(sys.executable, args)
+
+
+@cli.command()
+@click.argument("job")
+@click.option("--inline", "inline", flag_value=True, default=None, help="Run in this process.")
+@click.option("--queue", "inline", flag_value=False, help="Publish to RabbitMQ even if a flag says inline.")
+@click.option("-p", "--param", "params", multiple=True, metavar="KEY=VALUE", help="A job parameter.")
+@pass_ctx
+def dispatch(ctx: Ctx, job: str, inline: bool | None, params: tuple[str, ...]) -> None:
+    """Dispatch JOB for its current schedule slot; prints the dispatch as JSON."""
+    from actors.dispatch import PublishFailed
+    from domain.errors import UnknownJob
+
+    runtime = ctx.runtime
+    try:
+        d = runtime.dispatcher.dispatch(job, trigger="cli", params=_params(params), inline=inline)
+    except UnknownJob:
+        raise click.UsageError(f"unknown job {job!r}; known: {', '.join(runtime.registry.names)}") from None
+    except PublishFailed as e:
+        click.echo(f"offload: {e}", err=True)
+        sys.exit(3)
+    out: dict[str, Any] = {"dispatch": d.asjson()}
+    if d.result is not None:
+        out["result"] = dict(d.result)
+    click.echo(json.dumps(out, indent=2))
+
+
+@cli.command()
+@click.option("--job", help="Only this job.")
+@click.option("--status", help="Only runs in this status.")
+@click.option("--limit", default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@pass_ctx
+def runs(ctx: Ctx, job: str | None, status: str | None, limit: int, as_json: bool) -> None:
+    """The newest runs on the ledger."""
+    for run in ctx.runtime.ledger.runs(job=job, status=status, limit=limit):
+        if as_json:
+            click.echo(json.dumps(run.asdict()))
+            continue
+        took = f"{(run.finished_at - run.started_at).total_seconds():.2f}s" if run.finished_at and run.started_at else "-"
+        click.echo(
+            f"{run.queued_at:%Y-%m-%d %H:%M:%S} {run.status:9} {run.job:28} try={run.attempt} "
+            f"dup={run.duplicates} took={took:8} {run.trigger:8} {run.mode:6} {run.dispatch_key}"
+            + (f"  {run.error_type}: {run.error_message}" if run.error_type else "")
+        )
+
+
+@cli.command()
+@click.argument("key")
+@pass_ctx
+def show(ctx: Ctx, key: str) -> None:
+    """One run and its history."""
+    run = ctx.runtime.ledger.get(key)
+    if run is None:
+        raise click.UsageError(f"no run with dispatch key {key!r}")
+    click.echo(json.dumps(run.asdict(), indent=2))
+    for e in ctx.runtime.ledger.events(key):
+        where = f"{e.worker_host}:{e.worker_pid}" if e.worker_host else "-"
+        click.echo(f"  {e.at:%H:%M:%S.%f} {e.status:9} try={e.attempt} {where} {e.detail or ''}")
+
+
+@cli.command()
+@pass_ctx
+def reap(ctx: Ctx) -> None:
+    """Mark runs whose lease expired (their worker died) as lost."""
+    click.echo(f"reaped {ctx.runtime.ledger.reap()} run(s)")
+
+
+def _params(pairs: tuple[str, ...]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--param")
+        try:
+            out[name] = json.loads(value)
+        except json.JSONDecodeError:
+            out[name] = value
+    return out
+
+
+def require_broker(settings: Settings) -> None:
+    """Stop with one line saying how to start RabbitMQ when it cannot be reached."""
+    import pika
+
+    try:
+        conn = pika.BlockingConnection(pika.URLParameters(settings.broker_url))
+        conn.close()
+    except Exception as e:
+        click.echo(
+            f"offload: RabbitMQ is not reachable at {redact(settings.broker_url)} ({type(e).__name__}); "
+            "start it with `rabbitmq-server -detached` (or `docker compose up -d rabbitmq`)",
+            err=True,
+        )
+        sys.exit(2)

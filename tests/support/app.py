@@ -1,0 +1,14 @@
+"""Worker entry for tests: the production wiring with the test jobs added (`python -m dramatiq tests.support.app:broker`)."""
+
+from __future__ import annotations
+
+import logging
+
+from offload.settings import Settings
+from offload.wiring import build
+from tests.support.jobs import TEST_PORTS, TEST_REGISTRY
+
+logging.getLogger("pika").setLevel(logging.WARNING)
+
+runtime = build(Settings.load(), registry=TEST_REGISTRY, ports=TEST_PORTS)
+broker = runtime.broker

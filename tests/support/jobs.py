@@ -1,0 +1,56 @@
+"""Jobs that exist only in tests: they record their effects so tests can count them."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import text
+
+from domain.context import JobContext
+from domain.registry import JOBS, JobSpec
+from offload.wiring import default_ports
+
+EFFECTS_DDL = "CREATE TABLE IF NOT EXISTS test_effects (dispatch_key VARCHAR(300), pid INTEGER, tag VARCHAR(100))"
+
+
+def trace(event: str, ctx: JobContext) -> None:
+    path = os.environ.get("OFFLOAD_TEST_TRACE")
+    if path:
+        with open(path, "a") as f:
+            f.write(f"{event} {ctx.key} {os.getpid()} {time.time():.6f}\n")
+
+
+def record(ctx: JobContext) -> Mapping[str, Any]:
+    """Sleep `sleep_s`, then insert one effect row in the run's own transaction."""
+    trace("start", ctx)
+    time.sleep(float(ctx.params.get("sleep_s", 0)))
+    session = ctx.uow.session  # type: ignore[attr-defined]
+    session.execute(text(EFFECTS_DDL))
+    session.execute(
+        text("INSERT INTO test_effects (dispatch_key, pid, tag) VALUES (:k, :p, :t)"),
+        {"k": ctx.key, "p": os.getpid(), "t": str(ctx.params.get("tag", ""))},
+    )
+    trace("end", ctx)
+    return {"recorded": 1}
+
+
+def explode(ctx: JobContext) -> Mapping[str, Any]:
+    trace("start", ctx)
+    raise RuntimeError(f"boom in {ctx.key}")
+
+
+TEST_JOBS = [
+    JobSpec(name="test-record", run=record, actor_name="record_effect", description="records an effect",
+            concurrency_cap=8, max_retries=3, min_backoff_ms=200, max_backoff_ms=1000, time_limit_ms=20_000),
+    JobSpec(name="test-capped", run=record, actor_name="record_capped_effect", description="cap 2",
+            concurrency_cap=2, max_retries=3, min_backoff_ms=200, max_backoff_ms=1000, time_limit_ms=20_000),
+    JobSpec(name="test-explode", run=explode, actor_name="explode", description="always raises",
+            concurrency_cap=4, max_retries=2, min_backoff_ms=100, max_backoff_ms=200, time_limit_ms=5_000),
+    JobSpec(name="test-crashable", run=record, actor_name="record_crashable_effect", description="SIGKILL me",
+            concurrency_cap=1, max_retries=3, min_backoff_ms=200, max_backoff_ms=1000, time_limit_ms=4_000),
+]
+TEST_REGISTRY = JOBS.extended(TEST_JOBS)
+TEST_PORTS = default_ports()
