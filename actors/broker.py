@@ -29,7 +29,11 @@ def make_broker(
     Their before-hooks run first (in that order) and their after-hooks last, after Retries has
     decided between another attempt and the dead letter queue.
     """
-    front: list[Middleware] = [ConcurrencyCap(leases=leases), StatusLedger(ledger=ledger), Dedup(ledger=ledger)]
+    front: list[Middleware] = [
+        ConcurrencyCap(leases=leases),
+        StatusLedger(ledger=ledger),
+        Dedup(ledger=ledger),
+    ]
     rest = [m() for m in default_middleware]
     return RabbitmqBroker(
         url=with_heartbeat(url), confirm_delivery=True, middleware=[*front, *rest, *(extra or [])]
@@ -57,7 +61,6 @@ def _declare(broker: dramatiq.Broker, spec: JobSpec, runner: JobRunner) -> Any:
 
     body.__name__ = body.__qualname__ = spec.actor_name
     return dramatiq.actor(
-        body,
         broker=broker,
         actor_name=spec.actor_name,
         queue_name=spec.queue,
@@ -70,4 +73,4 @@ def _declare(broker: dramatiq.Broker, spec: JobSpec, runner: JobRunner) -> Any:
         overlap=spec.overlap,
         max_wait_ms=spec.max_wait_ms,
         lease_s=runner.lease_s(spec),
-    )
+    )(body)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import uuid
 from typing import Any
 
-from dramatiq.logging import get_logger
 from dramatiq.middleware import Middleware, SkipMessage
 
 from actors import attempt
@@ -29,7 +29,7 @@ class ConcurrencyCap(Middleware):
     """
 
     def __init__(self, *, leases: SqlLeases, retry_delay_ms: int = 1_000, lease_s: float = 630.0) -> None:
-        self.logger = get_logger(__name__, type(self))
+        self.logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
         self.leases = leases
         self.retry_delay_ms = retry_delay_ms
         self.lease_s = lease_s
@@ -48,18 +48,28 @@ class ConcurrencyCap(Middleware):
         holder = f"{state.key}#{uuid.uuid4().hex[:12]}"
         try:
             acquired = self.leases.acquire(
-                state.job, cap=cap, holder=holder,
+                state.job,
+                cap=cap,
+                holder=holder,
                 lease_s=attempt.option(broker, message, "lease_s", self.lease_s),
             )
         except StoreError as e:
-            defer(broker, message, delay_ms=delay_ms, max_wait_ms=max_wait_ms, status="deferred",
-                  detail=f"store unavailable: {e}")
+            defer(
+                broker,
+                message,
+                delay_ms=delay_ms,
+                max_wait_ms=max_wait_ms,
+                status="deferred",
+                detail=f"store unavailable: {e}",
+            )
         if not acquired:
             detail = f"concurrency cap {cap} reached"
             if attempt.option(broker, message, "overlap", "defer") == "skip":
                 state.verdict = ("skipped", detail)
                 raise SkipMessage(detail)
-            defer(broker, message, delay_ms=delay_ms, max_wait_ms=max_wait_ms, status="deferred", detail=detail)
+            defer(
+                broker, message, delay_ms=delay_ms, max_wait_ms=max_wait_ms, status="deferred", detail=detail
+            )
         state.holder = holder
 
     def after_process_message(

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from dramatiq.logging import get_logger
 from dramatiq.middleware import Middleware, SkipMessage
 
 from actors import attempt
@@ -28,7 +28,7 @@ class Dedup(Middleware):
     """
 
     def __init__(self, *, ledger: SqlLedger, lease_s: float = 630.0, busy_delay_ms: int = 5_000) -> None:
-        self.logger = get_logger(__name__, type(self))
+        self.logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
         self.ledger = ledger
         self.lease_s = lease_s
         self.busy_delay_ms = busy_delay_ms
@@ -45,8 +45,14 @@ class Dedup(Middleware):
                 max_attempts=max_retries + 1,
             )
         except StoreError as e:
-            defer(broker, message, delay_ms=self.busy_delay_ms, max_wait_ms=max_wait_ms, status="deferred",
-                  detail=f"store unavailable: {e}")
+            defer(
+                broker,
+                message,
+                delay_ms=self.busy_delay_ms,
+                max_wait_ms=max_wait_ms,
+                status="deferred",
+                detail=f"store unavailable: {e}",
+            )
         if claim.outcome == "claimed":
             state.token = claim.token
             attempt.current.set(state)
@@ -54,8 +60,14 @@ class Dedup(Middleware):
         if claim.outcome == "busy":
             assert claim.run.lease_expires_at is not None
             wait_ms = int((claim.run.lease_expires_at.timestamp() - attempt.now_ms() / 1000) * 1000) + 100
-            defer(broker, message, delay_ms=max(100, min(self.busy_delay_ms, wait_ms)),
-                  max_wait_ms=max_wait_ms, status="running", detail="another attempt holds the key")
+            defer(
+                broker,
+                message,
+                delay_ms=max(100, min(self.busy_delay_ms, wait_ms)),
+                max_wait_ms=max_wait_ms,
+                status="running",
+                detail="another attempt holds the key",
+            )
         if claim.outcome == "exhausted":
             message.fail()
         state.verdict = (claim.outcome, f"run is {claim.run.status}")

@@ -12,7 +12,9 @@ from actors import attempt
 logger = logging.getLogger(__name__)
 
 
-def defer(broker: Any, message: Any, *, delay_ms: int, max_wait_ms: int, status: str, detail: str) -> NoReturn:
+def defer(
+    broker: Any, message: Any, *, delay_ms: int, max_wait_ms: int, status: str, detail: str
+) -> NoReturn:
     """Re-enqueue a copy of `message` in `delay_ms` and skip this delivery.
 
     Past `max_wait_ms` of waiting the message is failed instead: RabbitMQ dead-letters it to
@@ -21,7 +23,9 @@ def defer(broker: Any, message: Any, *, delay_ms: int, max_wait_ms: int, status:
     state = attempt.of(broker, message)
     since_ms = int(message.options.get("deferred_since_ms") or attempt.now_ms())
     if attempt.now_ms() - since_ms > max_wait_ms:
-        logger.warning("Message %r waited more than %d ms; dead-lettering it.", message.message_id, max_wait_ms)
+        logger.warning(
+            "Message %r waited more than %d ms; dead-lettering it.", message.message_id, max_wait_ms
+        )
         message.fail()
         state.verdict = ("dead", f"waited more than {max_wait_ms} ms: {detail}")
         raise SkipMessage(detail)

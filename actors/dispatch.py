@@ -9,12 +9,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from actors.runner import JobRunner
 from domain import keys
 from domain.registry import JobSpec, Registry
 from domain.runs import Mode, RunStatus
 from store.ledger import NewRun, RunView, SqlLedger, utcnow
-
-from actors.runner import JobRunner
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +23,7 @@ class DispatchError(Exception):
 
 
 class PublishFailed(DispatchError):
-    """The broker did not take the message; nothing ran. The ledger row is `failed` and may be re-triggered."""
+    """The broker did not take the message; nothing ran. The run is `failed` and may be re-triggered."""
 
     def __init__(self, broker: str, reason: str) -> None:
         super().__init__(f"could not publish to {broker}: {reason}")
@@ -145,8 +144,16 @@ class Dispatcher:
         """
         spec = self.registry[job]
         mode = Mode.INLINE if (self.is_inline(job) if inline is None else inline) else Mode.QUEUE
-        new = self.new_run(spec, params=params or {}, trigger=trigger, mode=mode, correlation_id=correlation_id,
-                           slot=slot, key=key, replay_of=replay_of)
+        new = self.new_run(
+            spec,
+            params=params or {},
+            trigger=trigger,
+            mode=mode,
+            correlation_id=correlation_id,
+            slot=slot,
+            key=key,
+            replay_of=replay_of,
+        )
         run, duplicate = self.ledger.record_dispatch(new)
         if duplicate:
             logger.info("Duplicate dispatch of %r (run is %s)", new.dispatch_key, run.status)
@@ -170,8 +177,9 @@ class Dispatcher:
         except Exception as e:
             reason = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
             logger.error("Publishing %r failed: %s", run.dispatch_key, reason)
-            self.ledger.finish(run.dispatch_key, RunStatus.FAILED, token=None, error=e,
-                               detail=f"enqueue failed: {reason}")
+            self.ledger.finish(
+                run.dispatch_key, RunStatus.FAILED, token=None, error=e, detail=f"enqueue failed: {reason}"
+            )
             raise PublishFailed(self.broker_name, reason) from e
 
 

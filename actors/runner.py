@@ -10,15 +10,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from actors import attempt
 from domain.context import JobContext
 from domain.ports import Ports
 from domain.registry import JobSpec
 from domain.runs import RunStatus
-from store.ledger import NewRun, RunView, SqlLedger, utcnow
 from store.leases import SqlLeases
+from store.ledger import NewRun, RunView, SqlLedger, utcnow
 from store.uow import SqlUnitOfWork
-
-from actors import attempt
 
 logger = logging.getLogger(__name__)
 
@@ -89,13 +88,16 @@ class JobRunner:
         while not self.leases.acquire(spec.name, cap=spec.concurrency_cap, holder=holder, lease_s=lease_s):
             if spec.overlap == "skip" or time.monotonic() > deadline:
                 status = RunStatus.SKIPPED if spec.overlap == "skip" else RunStatus.FAILED
-                run = self.ledger.finish(key, status, token=None,
-                                         detail=f"concurrency cap {spec.concurrency_cap} reached")
+                run = self.ledger.finish(
+                    key, status, token=None, detail=f"concurrency cap {spec.concurrency_cap} reached"
+                )
                 assert run is not None
                 return InlineOutcome(run, None)
             time.sleep(INLINE_POLL_S)
         try:
-            claim = self.ledger.claim(new, lease_s=lease_s, worker=attempt.this_worker(), max_attempts=1 << 30)
+            claim = self.ledger.claim(
+                new, lease_s=lease_s, worker=attempt.this_worker(), max_attempts=1 << 30
+            )
             if claim.token is None:
                 return InlineOutcome(claim.run, None)
             try:

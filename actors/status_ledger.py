@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from dramatiq.logging import get_logger
 from dramatiq.middleware import Middleware
 
 from actors import attempt
@@ -25,7 +25,7 @@ class StatusLedger(Middleware):
     """
 
     def __init__(self, *, ledger: SqlLedger) -> None:
-        self.logger = get_logger(__name__, type(self))
+        self.logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
         self.ledger = ledger
 
     def after_process_message(
@@ -35,7 +35,9 @@ class StatusLedger(Middleware):
         if exception is None or state.token is None:
             return
         status = RunStatus.DEAD if message.failed else RunStatus.RETRYING
-        self._write(state.key, lambda: self.ledger.finish(state.key, status, token=state.token, error=exception))
+        self._write(
+            state.key, lambda: self.ledger.finish(state.key, status, token=state.token, error=exception)
+        )
 
     def after_skip_message(self, broker: Any, message: Any) -> None:
         state = attempt.of(broker, message)

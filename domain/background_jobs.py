@@ -48,8 +48,13 @@ def drain(ctx: JobContext) -> Mapping[str, Any]:
             uow.background_jobs.mark_done(row.id, now=ctx.now)
             done += 1
         uow.commit()
-    return {"claimed": len(claimed), "done": done, "retried": retried, "failed": failed,
-            "has_more": len(claimed) == limit}
+    return {
+        "claimed": len(claimed),
+        "done": done,
+        "retried": retried,
+        "failed": failed,
+        "has_more": len(claimed) == limit,
+    }
 
 
 def noop(uow: Any, payload: Mapping[str, Any]) -> None:

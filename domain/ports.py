@@ -36,7 +36,8 @@ class BackgroundJobs(Protocol):
 class UnitOfWork(Protocol):
     """One transaction over the repositories; `commit` makes the work so far durable."""
 
-    background_jobs: BackgroundJobs
+    @property
+    def background_jobs(self) -> BackgroundJobs: ...
 
     def commit(self) -> None: ...
 

@@ -37,4 +37,6 @@ CLAIMABLE = frozenset(
     {RunStatus.QUEUED, RunStatus.RETRYING, RunStatus.DEFERRED, RunStatus.LOST, RunStatus.FAILED}
 )
 #: Statuses that end a run: nothing more happens to it unless it is replayed or re-triggered.
-FINAL = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.SKIPPED, RunStatus.DEAD, RunStatus.MISSED})
+FINAL = frozenset(
+    {RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.SKIPPED, RunStatus.DEAD, RunStatus.MISSED}
+)

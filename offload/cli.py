@@ -103,9 +103,14 @@ def worker(ctx: Ctx, processes: int | None, threads: int | None, queues: tuple[s
 
     store_db.upgrade(ctx.runtime.engine)
     args = [
-        sys.executable, "-m", "dramatiq", "offload.worker_app:broker",
-        "--processes", str(processes or settings.worker_processes),
-        "--threads", str(threads or settings.worker_threads),
+        sys.executable,
+        "-m",
+        "dramatiq",
+        "offload.worker_app:broker",
+        "--processes",
+        str(processes or settings.worker_processes),
+        "--threads",
+        str(threads or settings.worker_threads),
     ]
     for queue in queues:
         args += ["--queues", queue]
@@ -150,7 +155,11 @@ def runs(ctx: Ctx, job: str | None, status: str | None, limit: int, as_json: boo
         if as_json:
             click.echo(json.dumps(run.asdict()))
             continue
-        took = f"{(run.finished_at - run.started_at).total_seconds():.2f}s" if run.finished_at and run.started_at else "-"
+        took = (
+            f"{(run.finished_at - run.started_at).total_seconds():.2f}s"
+            if run.finished_at and run.started_at
+            else "-"
+        )
         click.echo(
             f"{run.queued_at:%Y-%m-%d %H:%M:%S} {run.status:9} {run.job:28} try={run.attempt} "
             f"dup={run.duplicates} took={took:8} {run.trigger:8} {run.mode:6} {run.dispatch_key}"

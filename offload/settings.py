@@ -39,7 +39,7 @@ class Settings(BaseSettings):
         if not (scheme.startswith("sqlite") or scheme.startswith("postgresql")):
             raise ValueError(f"expected a sqlite:/// or postgresql+psycopg:// URL, got scheme {scheme!r}")
         if scheme in ("postgresql", "postgres"):
-            return "postgresql+psycopg" + value[len(scheme):]
+            return "postgresql+psycopg" + value[len(scheme) :]
         return value
 
     @field_validator("broker_url")

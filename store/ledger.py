@@ -246,8 +246,14 @@ class SqlLedger:
                 select(Run.id, Run.attempt, Run.worker_host, Run.worker_pid).where(Run.dispatch_key == key)
             ).one()
             session.add(
-                RunEvent(run_id=row_id, at=now, status=RunStatus.SUCCEEDED, attempt=attempt,
-                         worker_host=host, worker_pid=pid)
+                RunEvent(
+                    run_id=row_id,
+                    at=now,
+                    status=RunStatus.SUCCEEDED,
+                    attempt=attempt,
+                    worker_host=host,
+                    worker_pid=pid,
+                )
             )
 
     def reap(self, *, limit: int = 500) -> int:

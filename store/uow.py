@@ -21,8 +21,13 @@ class SqlBackgroundJobs:
 
     def add(self, *, type: str, payload: Mapping[str, Any], run_at: datetime, max_attempts: int = 5) -> int:
         row = BackgroundJobRow(
-            type=type, payload=dict(payload), status="pending", attempts=0,
-            max_attempts=max_attempts, run_at=run_at, created_at=run_at,
+            type=type,
+            payload=dict(payload),
+            status="pending",
+            attempts=0,
+            max_attempts=max_attempts,
+            run_at=run_at,
+            created_at=run_at,
         )
         self._s.add(row)
         self._s.flush()

@@ -120,9 +120,20 @@ class Workers:
     def start(self, *, processes: int = 1, threads: int = 4, **env: str) -> subprocess.Popen[bytes]:
         log = open(self.tmp_path / f"worker-{len(self.procs)}.log", "wb")  # noqa: SIM115
         proc = subprocess.Popen(
-            [sys.executable, "-m", "dramatiq", "tests.support.app:broker",
-             "--processes", str(processes), "--threads", str(threads)],
-            cwd=ROOT, env=env_for(self.settings, **env), stdout=log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "dramatiq",
+                "tests.support.app:broker",
+                "--processes",
+                str(processes),
+                "--threads",
+                str(threads),
+            ],
+            cwd=ROOT,
+            env=env_for(self.settings, **env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         self.procs.append(proc)
@@ -140,7 +151,9 @@ class Workers:
                 proc.wait()
 
     def logs(self) -> str:
-        return "\n".join(p.read_text(errors="replace")[-4000:] for p in sorted(self.tmp_path.glob("worker-*.log")))
+        return "\n".join(
+            p.read_text(errors="replace")[-4000:] for p in sorted(self.tmp_path.glob("worker-*.log"))
+        )
 
 
 @pytest.fixture
@@ -150,7 +163,9 @@ def workers(settings: Settings, tmp_path: Path) -> Iterator[Workers]:
     w.stop()
 
 
-def wait_for(predicate: Callable[[], Any], *, timeout_s: float = 30.0, every_s: float = 0.1, what: str = "") -> Any:
+def wait_for(
+    predicate: Callable[[], Any], *, timeout_s: float = 30.0, every_s: float = 0.1, what: str = ""
+) -> Any:
     """Poll `predicate` until it returns something truthy; fail the test after `timeout_s`."""
     deadline = time.monotonic() + timeout_s
     while True:

@@ -2,25 +2,28 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 
+from conftest import Workers, wait_for
 from sqlalchemy import text
 
-from conftest import ROOT, Workers, env_for, wait_for
 from offload.wiring import Runtime
 
 
 def effects(runtime: Runtime, key: str) -> int:
     with runtime.engine.connect() as conn:
-        return int(conn.execute(text("SELECT count(*) FROM test_effects WHERE dispatch_key = :k"), {"k": key}).scalar())
+        return int(
+            conn.execute(
+                text("SELECT count(*) FROM test_effects WHERE dispatch_key = :k"), {"k": key}
+            ).scalar()
+        )
 
 
 def test_twenty_concurrent_dispatches_in_one_slot_run_once(runtime: Runtime, workers: Workers) -> None:
     with ThreadPoolExecutor(max_workers=10) as pool:
-        answers = list(pool.map(lambda _: runtime.dispatcher.dispatch("test-record", trigger="http"), range(20)))
+        answers = list(
+            pool.map(lambda _: runtime.dispatcher.dispatch("test-record", trigger="http"), range(20))
+        )
     keys = {a.dispatch_key for a in answers}
     assert len(keys) == 1
     assert sorted(a.duplicate for a in answers) == [False] + [True] * 19

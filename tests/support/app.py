@@ -1,4 +1,7 @@
-"""Worker entry for tests: the production wiring with the test jobs added (`python -m dramatiq tests.support.app:broker`)."""
+"""Worker entry for tests: the production wiring plus the test jobs.
+
+Run as `python -m dramatiq tests.support.app:broker`.
+"""
 
 from __future__ import annotations
 

@@ -13,7 +13,9 @@ from domain.context import JobContext
 from domain.registry import JOBS, JobSpec
 from offload.wiring import default_ports
 
-EFFECTS_DDL = "CREATE TABLE IF NOT EXISTS test_effects (dispatch_key VARCHAR(300), pid INTEGER, tag VARCHAR(100))"
+EFFECTS_DDL = (
+    "CREATE TABLE IF NOT EXISTS test_effects (dispatch_key VARCHAR(300), pid INTEGER, tag VARCHAR(100))"
+)
 
 
 def trace(event: str, ctx: JobContext) -> None:
@@ -43,14 +45,50 @@ def explode(ctx: JobContext) -> Mapping[str, Any]:
 
 
 TEST_JOBS = [
-    JobSpec(name="test-record", run=record, actor_name="record_effect", description="records an effect",
-            concurrency_cap=8, max_retries=3, min_backoff_ms=200, max_backoff_ms=1000, time_limit_ms=20_000),
-    JobSpec(name="test-capped", run=record, actor_name="record_capped_effect", description="cap 2",
-            concurrency_cap=2, max_retries=3, min_backoff_ms=200, max_backoff_ms=1000, time_limit_ms=20_000),
-    JobSpec(name="test-explode", run=explode, actor_name="explode", description="always raises",
-            concurrency_cap=4, max_retries=2, min_backoff_ms=100, max_backoff_ms=200, time_limit_ms=5_000),
-    JobSpec(name="test-crashable", run=record, actor_name="record_crashable_effect", description="SIGKILL me",
-            concurrency_cap=1, max_retries=3, min_backoff_ms=200, max_backoff_ms=1000, time_limit_ms=4_000),
+    JobSpec(
+        name="test-record",
+        run=record,
+        actor_name="record_effect",
+        description="records an effect",
+        concurrency_cap=8,
+        max_retries=3,
+        min_backoff_ms=200,
+        max_backoff_ms=1000,
+        time_limit_ms=20_000,
+    ),
+    JobSpec(
+        name="test-capped",
+        run=record,
+        actor_name="record_capped_effect",
+        description="cap 2",
+        concurrency_cap=2,
+        max_retries=3,
+        min_backoff_ms=200,
+        max_backoff_ms=1000,
+        time_limit_ms=20_000,
+    ),
+    JobSpec(
+        name="test-explode",
+        run=explode,
+        actor_name="explode",
+        description="always raises",
+        concurrency_cap=4,
+        max_retries=2,
+        min_backoff_ms=100,
+        max_backoff_ms=200,
+        time_limit_ms=5_000,
+    ),
+    JobSpec(
+        name="test-crashable",
+        run=record,
+        actor_name="record_crashable_effect",
+        description="SIGKILL me",
+        concurrency_cap=1,
+        max_retries=3,
+        min_backoff_ms=200,
+        max_backoff_ms=1000,
+        time_limit_ms=4_000,
+    ),
 ]
 TEST_REGISTRY = JOBS.extended(TEST_JOBS)
 TEST_PORTS = default_ports()

@@ -1,0 +1,1 @@
+"""HTTP ingress: cron trigger routes and queue-first webhooks on Falcon, served by waitress."""

@@ -1,0 +1,1 @@
+"""Scheduling: periodiq fires every job of the registry through the dispatch API."""
