@@ -215,3 +215,7 @@ def require_broker(settings: Settings) -> None:
             err=True,
         )
         sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -163,6 +163,13 @@ def workers(settings: Settings, tmp_path: Path) -> Iterator[Workers]:
     w.stop()
 
 
+def effects(runtime: Runtime, key: str) -> int:
+    """How many times a test job's effect was committed for `key`."""
+    with runtime.engine.connect() as conn:
+        q = text("SELECT count(*) FROM test_effects WHERE dispatch_key = :k")
+        return int(conn.execute(q, {"k": key}).scalar_one())
+
+
 def wait_for(
     predicate: Callable[[], Any], *, timeout_s: float = 30.0, every_s: float = 0.1, what: str = ""
 ) -> Any:

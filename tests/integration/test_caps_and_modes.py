@@ -1,0 +1,88 @@
+"""Concurrency caps across processes, and inline mode through the same guards as queue mode."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from conftest import Workers, effects, wait_for
+
+from offload.wiring import Runtime
+
+
+def max_overlap(intervals: list[tuple[datetime, datetime]]) -> int:
+    edges = sorted(
+        [(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals],
+        key=lambda e: (e[0], e[1]),
+    )
+    level = peak = 0
+    for _, step in edges:
+        level += step
+        peak = max(peak, level)
+    return peak
+
+
+def test_cap_of_two_holds_across_three_worker_processes(runtime: Runtime, workers: Workers) -> None:
+    dispatches = [
+        runtime.dispatcher.dispatch("test-capped", trigger="cli", params={"i": i, "sleep_s": 0.3})
+        for i in range(30)
+    ]
+    workers.start(processes=3, threads=4)
+    keys = {d.dispatch_key for d in dispatches}
+    wait_for(
+        lambda: (
+            all(r.status == "succeeded" for r in runtime.ledger.runs(job="test-capped", limit=100))
+            and len(runtime.ledger.runs(job="test-capped", limit=100)) == 30
+        ),
+        timeout_s=120,
+        what="all 30 capped runs",
+    )
+    runs = [r for r in runtime.ledger.runs(job="test-capped", limit=100) if r.dispatch_key in keys]
+    intervals = [(r.started_at, r.finished_at) for r in runs if r.started_at and r.finished_at]
+    assert len(intervals) == 30
+    assert max_overlap(intervals) == 2, "the cap is 2 and 12 threads were eager"
+    assert all(r.attempt == 1 for r in runs), "waiting for a slot must not consume a retry"
+    assert sum(r.deferrals for r in runs) > 0, "with 12 threads some messages must have waited"
+    assert all(effects(runtime, k) == 1 for k in keys)
+    assert runtime.leases.held("test-capped") == 0
+
+
+def _shape(runtime: Runtime, key: str) -> dict[str, object]:
+    run = runtime.ledger.get(key)
+    assert run is not None
+    return {
+        "status": run.status,
+        "attempt": run.attempt,
+        "duplicates": run.duplicates,
+        "result": run.result,
+        "error_type": run.error_type,
+        "events": [e.status for e in runtime.ledger.events(key)],
+        "effects": effects(runtime, key),
+        "timed": run.started_at is not None and run.finished_at is not None,
+        "worker": run.worker_host is not None and run.worker_pid is not None,
+    }
+
+
+def test_inline_and_queue_modes_give_the_same_ledger_shape_and_result(
+    runtime: Runtime, workers: Workers
+) -> None:
+    queued = runtime.dispatcher.dispatch("test-record", trigger="cli", params={"mode": "q"}, inline=False)
+    inline = runtime.dispatcher.dispatch("test-record", trigger="cli", params={"mode": "i"}, inline=True)
+    assert (queued.mode, queued.status, inline.mode, inline.status) == (
+        "queue",
+        "queued",
+        "inline",
+        "succeeded",
+    )
+    assert inline.result == {"recorded": 1}
+    workers.start(threads=2)
+    wait_for(lambda: runtime.ledger.get(queued.dispatch_key).status == "succeeded", what="queue run")  # type: ignore[union-attr]
+    assert _shape(runtime, queued.dispatch_key) == _shape(runtime, inline.dispatch_key)
+    assert runtime.ledger.get(inline.dispatch_key).mode == "inline"  # type: ignore[union-attr]
+
+
+def test_inline_failure_is_recorded_failed_with_the_error(runtime: Runtime) -> None:
+    d = runtime.dispatcher.dispatch("test-explode", trigger="cli", inline=True)
+    run = runtime.ledger.get(d.dispatch_key)
+    assert run is not None and (run.status, run.error_type) == ("failed", "RuntimeError")
+    assert "boom" in (run.error_message or "")
+    assert runtime.leases.held("test-explode") == 0
