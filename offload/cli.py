@@ -203,8 +203,13 @@ def _params(pairs: tuple[str, ...]) -> dict[str, Any]:
 
 def require_broker(settings: Settings) -> None:
     """Stop with one line saying how to start RabbitMQ when it cannot be reached."""
+    import logging
+
     import pika
 
+    pika_logger = logging.getLogger("pika")
+    level = pika_logger.level
+    pika_logger.setLevel(logging.CRITICAL)  # the one line below says it all
     try:
         conn = pika.BlockingConnection(pika.URLParameters(settings.broker_url))
         conn.close()
@@ -215,7 +220,17 @@ def require_broker(settings: Settings) -> None:
             err=True,
         )
         sys.exit(2)
+    finally:
+        pika_logger.setLevel(level)
 
+
+def _register() -> None:
+    from offload.bench import bench
+
+    cli.add_command(bench)
+
+
+_register()
 
 if __name__ == "__main__":
     main()

@@ -54,8 +54,8 @@ def build(settings: Settings, *, registry: Registry = JOBS, ports: Ports | None 
     settings.check_jobs(registry.names)
     engine = db.make_engine(settings.database_url, pool_size=max(5, settings.worker_threads + 2))
     sessions = db.make_sessions(engine)
-    ledger = SqlLedger(sessions)
-    leases = SqlLeases(sessions)
+    ledger = SqlLedger(engine)
+    leases = SqlLeases(engine)
     runner = JobRunner(
         ledger=ledger,
         leases=leases,

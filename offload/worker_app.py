@@ -8,6 +8,7 @@ from offload.settings import Settings
 from offload.wiring import build
 
 logging.getLogger("pika").setLevel(logging.WARNING)
+logging.getLogger("alembic").setLevel(logging.WARNING)
 
 runtime = build(Settings.load())
 broker = runtime.broker

@@ -19,7 +19,7 @@ _MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 def make_engine(url: str, *, pool_size: int = 10) -> Engine:
-    """An engine tuned per backend: SQLite in WAL mode with serialized writers, PostgreSQL with pre-ping."""
+    """An engine tuned per backend: SQLite in WAL mode with serialized writers; a PostgreSQL pool."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
 
@@ -40,9 +40,11 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
+    # No pre-ping: it costs a round trip per transaction. A connection that died with its server
+    # fails its statement with StoreUnavailable, the pool drops it, and the guards defer or retry.
     return create_engine(
         url,
-        pool_pre_ping=True,
+        pool_recycle=1800,
         pool_size=pool_size,
         max_overflow=pool_size,
         connect_args={"connect_timeout": 5},

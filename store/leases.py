@@ -4,63 +4,80 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import cast
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import Connection, Engine, Table, bindparam, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, sessionmaker
 
 from store.db import translate_errors
 from store.ledger import utcnow
 from store.models import ConcurrencyLease
+
+_leases = cast(Table, ConcurrencyLease.__table__)
+_free = or_(_leases.c.holder.is_(None), _leases.c.expires_at < bindparam("p_now"))
+# One statement, built once: pick the lowest free slot (skipping slots others are taking) and take it.
+_ACQUIRE = (
+    update(_leases)
+    .where(
+        _leases.c.job == bindparam("p_job"),
+        _leases.c.slot_no
+        == select(_leases.c.slot_no)
+        .where(_leases.c.job == bindparam("p_job"), _leases.c.slot_no < bindparam("p_cap"), _free)
+        .order_by(_leases.c.slot_no)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery(),
+        _free,
+    )
+    .values(holder=bindparam("p_holder"), expires_at=bindparam("p_expires_at"))
+)
+_RELEASE = (
+    update(_leases)
+    .where(_leases.c.job == bindparam("p_job"), _leases.c.holder == bindparam("p_holder"))
+    .values(holder=None, expires_at=None)
+)
 
 
 class SqlLeases:
     """A job with cap N has slots 0..N-1; a slot is free when released or its lease has expired.
 
     Parameters:
-      sessions: a session factory bound to the store's engine.
+      engine: the store's engine.
       clock: returns the current UTC time.
     """
 
-    def __init__(self, sessions: sessionmaker[Session], *, clock: Callable[[], datetime] = utcnow) -> None:
-        self._sessions = sessions
+    def __init__(self, engine: Engine, *, clock: Callable[[], datetime] = utcnow) -> None:
+        self._engine = engine
         self._clock = clock
+        self._slots_made: set[tuple[str, int]] = set()
 
     def acquire(self, job: str, *, cap: int, holder: str, lease_s: float) -> bool:
         """Take a free slot of `job` for `holder` until now + `lease_s`; False when all `cap` are held."""
         now = self._clock()
-        with translate_errors(), self._sessions() as s:
-            self._ensure_slots(s, job, cap)
-            for slot_no in range(cap):
-                taken = s.execute(
-                    update(ConcurrencyLease)
-                    .where(
-                        ConcurrencyLease.job == job,
-                        ConcurrencyLease.slot_no == slot_no,
-                        or_(ConcurrencyLease.holder.is_(None), ConcurrencyLease.expires_at < now),
-                    )
-                    .values(holder=holder, expires_at=now + timedelta(seconds=lease_s))
-                )
-                if taken.rowcount == 1:  # type: ignore[attr-defined]
-                    s.commit()
-                    return True
-            s.commit()
-            return False
+        with translate_errors(), self._engine.begin() as conn:
+            if (job, cap) not in self._slots_made:
+                self._ensure_slots(conn, job, cap)
+            taken = conn.execute(
+                _ACQUIRE,
+                {
+                    "p_job": job,
+                    "p_cap": cap,
+                    "p_now": now,
+                    "p_holder": holder,
+                    "p_expires_at": now + timedelta(seconds=lease_s),
+                },
+            )
+            return bool(taken.rowcount == 1)
 
     def release(self, job: str, *, holder: str) -> None:
-        with translate_errors(), self._sessions() as s:
-            s.execute(
-                update(ConcurrencyLease)
-                .where(ConcurrencyLease.job == job, ConcurrencyLease.holder == holder)
-                .values(holder=None, expires_at=None)
-            )
-            s.commit()
+        with translate_errors(), self._engine.begin() as conn:
+            conn.execute(_RELEASE, {"p_job": job, "p_holder": holder})
 
     def held(self, job: str) -> int:
         """Slots of `job` held by a live lease right now."""
         now = self._clock()
-        with translate_errors(), self._sessions() as s:
-            n = s.scalar(
+        with translate_errors(), self._engine.connect() as conn:
+            n = conn.scalar(
                 select(func.count())
                 .select_from(ConcurrencyLease)
                 .where(
@@ -71,14 +88,12 @@ class SqlLeases:
             )
             return int(n or 0)
 
-    @staticmethod
-    def _ensure_slots(s: Session, job: str, cap: int) -> None:
-        have = set(s.scalars(select(ConcurrencyLease.slot_no).where(ConcurrencyLease.job == job)))
-        for slot_no in range(cap):
-            if slot_no in have:
-                continue
+    def _ensure_slots(self, conn: Connection, job: str, cap: int) -> None:
+        have = set(conn.scalars(select(_leases.c.slot_no).where(_leases.c.job == job)))
+        for slot_no in set(range(cap)) - have:
             try:
-                with s.begin_nested():
-                    s.add(ConcurrencyLease(job=job, slot_no=slot_no))
+                with conn.begin_nested():
+                    conn.execute(insert(_leases).values(job=job, slot_no=slot_no))
             except IntegrityError:
-                pass  # another worker created it first
+                pass  # another worker made it first
+        self._slots_made.add((job, cap))

@@ -6,18 +6,65 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Engine, Row, Table, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from domain.runs import CLAIMABLE, REOPENABLE, RunStatus
-from store.db import translate_errors
+from store.db import make_sessions, translate_errors
 from store.errors import LeaseLost
 from store.models import Run, RunEvent
 
 ERROR_CHARS = 2000
+_runs = cast(Table, Run.__table__)
+_events = cast(Table, RunEvent.__table__)
+
+
+def _p(name: str) -> Any:
+    return bindparam(f"p_{name}")
+
+
+# The hot path's statements, built once: building and caching them per call cost more CPU than running them.
+_INSERT_RUN = insert(_runs).returning(*_runs.c)
+_INSERT_EVENT = insert(_events)
+_CLAIM = (
+    update(_runs)
+    .where(_runs.c.dispatch_key == _p("key"), _runs.c.status.in_(CLAIMABLE))
+    .values(
+        status=RunStatus.RUNNING,
+        attempt=_runs.c.attempt + 1,
+        message_id=_p("message_id"),
+        lease_token=_p("token"),
+        lease_expires_at=_p("expires_at"),
+        started_at=_p("now"),
+        updated_at=_p("now"),
+        finished_at=None,
+        worker_host=_p("host"),
+        worker_pid=_p("pid"),
+        error_type=None,
+        error_message=None,
+    )
+    .returning(*_runs.c)
+)
+_COMPLETE = (
+    update(_runs)
+    .where(
+        _runs.c.dispatch_key == _p("key"),
+        _runs.c.lease_token == _p("token"),
+        _runs.c.status == RunStatus.RUNNING,
+    )
+    .values(
+        status=RunStatus.SUCCEEDED,
+        result=_p("result"),
+        finished_at=_p("now"),
+        updated_at=_p("now"),
+        lease_token=None,
+        lease_expires_at=None,
+    )
+    .returning(*_runs.c)
+)
 
 
 def utcnow() -> datetime:
@@ -73,7 +120,7 @@ class RunView:
     replay_of: int | None
 
     @classmethod
-    def of(cls, row: Run) -> RunView:
+    def of(cls, row: Run | Row[Any]) -> RunView:
         return cls(**{f.name: getattr(row, f.name) for f in fields(cls)})
 
     def asdict(self) -> dict[str, Any]:
@@ -106,13 +153,17 @@ class Claim:
 class SqlLedger:
     """Writes every state change of a run; the unique dispatch key makes it the dedup record too.
 
+    The hot path (first dispatch, claim, completion) is a few Core statements; the rare paths
+    (duplicates, takeovers, failures) lock the row through the ORM.
+
     Parameters:
-      sessions: a session factory bound to the store's engine.
+      engine: the store's engine.
       clock: returns the current UTC time (tests pass a fake).
     """
 
-    def __init__(self, sessions: sessionmaker[Session], *, clock: Callable[[], datetime] = utcnow) -> None:
-        self._sessions = sessions
+    def __init__(self, engine: Engine, *, clock: Callable[[], datetime] = utcnow) -> None:
+        self._engine = engine
+        self._sessions = make_sessions(engine)
         self._clock = clock
 
     # -- dispatch side -------------------------------------------------------------------------
@@ -121,13 +172,15 @@ class SqlLedger:
         """Insert the run as `queued`, or reopen a failed one; returns (run, duplicate)."""
         now = self._clock()
         with translate_errors():
-            with self._sessions() as s:
-                try:
-                    row = _insert(s, new, now)
-                    s.commit()
-                    return RunView.of(row), False
-                except IntegrityError:
-                    s.rollback()
+            try:
+                with self._engine.begin() as conn:
+                    new_row = conn.execute(
+                        insert(_runs).values(**_new_row(new, now)).returning(*_runs.c)
+                    ).one()
+                    conn.execute(insert(_events).values(_event_row(new_row, now)))
+                    return RunView.of(new_row), False
+            except IntegrityError:
+                pass
             with self._sessions() as s:
                 row = _lock(s, new.dispatch_key)
                 if row.status in REOPENABLE:
@@ -152,36 +205,65 @@ class SqlLedger:
         and taken over. A run that reached `max_attempts` this way is declared `dead`.
         """
         now = self._clock()
-        with translate_errors(), self._sessions() as s:
-            row = _lock(s, new.dispatch_key, missing=new, now=now)
-            if row.status == RunStatus.RUNNING:
-                assert row.lease_expires_at is not None
-                if row.lease_expires_at > now:
-                    return Claim("busy", RunView.of(row))
-                row.status = RunStatus.LOST
-                _event(s, row, now, detail="lease expired; holder presumed dead")
-            elif row.status not in CLAIMABLE:
-                row.duplicates += 1
+        token = uuid.uuid4().hex
+        take = {
+            "status": RunStatus.RUNNING,
+            "attempt": _runs.c.attempt + 1,
+            "message_id": new.message_id,
+            "lease_token": token,
+            "lease_expires_at": now + timedelta(seconds=lease_s),
+            "started_at": now,
+            "updated_at": now,
+            "finished_at": None,
+            "worker_host": worker.host,
+            "worker_pid": worker.pid,
+            "error_type": None,
+            "error_message": None,
+        }
+        with translate_errors():
+            with self._engine.begin() as conn:  # the common case: one conditional update
+                row = conn.execute(
+                    _CLAIM,
+                    {
+                        "p_key": new.dispatch_key,
+                        "p_message_id": new.message_id,
+                        "p_token": token,
+                        "p_expires_at": take["lease_expires_at"],
+                        "p_now": now,
+                        "p_host": worker.host,
+                        "p_pid": worker.pid,
+                    },
+                ).one_or_none()
+                if row is not None:
+                    conn.execute(_INSERT_EVENT, _event_row(row, now))
+                    return Claim("claimed", RunView.of(row), token)
+            with self._sessions() as s:
+                orm_row = _lock(s, new.dispatch_key, missing=new, now=now)
+                if orm_row.status == RunStatus.RUNNING:
+                    assert orm_row.lease_expires_at is not None
+                    if orm_row.lease_expires_at > now:
+                        return Claim("busy", RunView.of(orm_row))
+                    orm_row.status = RunStatus.LOST
+                    _event(s, orm_row, now, detail="lease expired; holder presumed dead")
+                    if orm_row.attempt >= max_attempts:
+                        _set(
+                            orm_row,
+                            RunStatus.DEAD,
+                            now,
+                            error=("AttemptsExhausted", f"{orm_row.attempt} attempts"),
+                        )
+                        _event(s, orm_row, now, detail="attempts exhausted")
+                        s.commit()
+                        return Claim("exhausted", RunView.of(orm_row))
+                elif orm_row.status not in CLAIMABLE:
+                    orm_row.duplicates += 1
+                    s.commit()
+                    return Claim("duplicate", RunView.of(orm_row))
+                for name, value in take.items():
+                    setattr(orm_row, name, orm_row.attempt + 1 if name == "attempt" else value)
+                _event(s, orm_row, now)
                 s.commit()
-                return Claim("duplicate", RunView.of(row))
-            if row.attempt >= max_attempts:
-                _set(row, RunStatus.DEAD, now, error=("AttemptsExhausted", f"{row.attempt} attempts"))
-                _event(s, row, now, detail="attempts exhausted")
-                s.commit()
-                return Claim("exhausted", RunView.of(row))
-            token = uuid.uuid4().hex
-            row.status = RunStatus.RUNNING
-            row.attempt += 1
-            row.message_id = new.message_id
-            row.lease_token = token
-            row.lease_expires_at = now + timedelta(seconds=lease_s)
-            row.started_at = row.updated_at = now
-            row.finished_at = None
-            row.worker_host, row.worker_pid = worker.host, worker.pid
-            row.error_type = row.error_message = None
-            _event(s, row, now)
-            s.commit()
-            return Claim("claimed", RunView.of(row), token)
+                return Claim("claimed", RunView.of(orm_row), token)
 
     def finish(
         self,
@@ -317,24 +399,39 @@ class SqlLedger:
             return {(job, status): n for job, status, n in rows}
 
 
+def _new_row(new: NewRun, now: datetime) -> dict[str, Any]:
+    return {
+        "job": new.job,
+        "dispatch_key": new.dispatch_key,
+        "message_id": new.message_id,
+        "correlation_id": new.correlation_id,
+        "trigger": new.trigger,
+        "mode": new.mode,
+        "status": RunStatus.QUEUED,
+        "slot": new.slot,
+        "params": dict(new.params),
+        "attempt": 0,
+        "duplicates": 0,
+        "deferrals": 0,
+        "queued_at": now,
+        "updated_at": now,
+        "replay_of": new.replay_of,
+    }
+
+
+def _event_row(row: Row[Any], now: datetime) -> dict[str, Any]:
+    return {
+        "run_id": row.id,
+        "at": now,
+        "status": row.status,
+        "attempt": row.attempt,
+        "worker_host": row.worker_host,
+        "worker_pid": row.worker_pid,
+    }
+
+
 def _insert(s: Session, new: NewRun, now: datetime) -> Run:
-    row = Run(
-        job=new.job,
-        dispatch_key=new.dispatch_key,
-        message_id=new.message_id,
-        correlation_id=new.correlation_id,
-        trigger=new.trigger,
-        mode=new.mode,
-        status=RunStatus.QUEUED,
-        slot=new.slot,
-        params=dict(new.params),
-        attempt=0,
-        duplicates=0,
-        deferrals=0,
-        queued_at=now,
-        updated_at=now,
-        replay_of=new.replay_of,
-    )
+    row = Run(**_new_row(new, now))
     s.add(row)
     s.flush()
     _event(s, row, now)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from conftest import Workers, effects, wait_for
-
 from offload.wiring import Runtime
+from tests.support.procs import Workers, effects, wait_for
 
 
 def max_overlap(intervals: list[tuple[datetime, datetime]]) -> int:

@@ -7,10 +7,9 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
-from conftest import ROOT, Workers, effects, env_for, wait_for
-
 from offload.settings import Settings
 from offload.wiring import Runtime
+from tests.support.procs import ROOT, Workers, effects, env_for, wait_for
 
 
 def cli_dispatch(settings: Settings, job: str) -> dict[str, object]:

@@ -9,12 +9,12 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Workers, effects, wait_for
 
 from offload.settings import Settings
 from offload.wiring import Runtime, build
 from tests.services import Postgres, Rabbit
 from tests.support.jobs import TEST_PORTS, TEST_REGISTRY
+from tests.support.procs import Workers, effects, wait_for
 from tests.support.proxy import Proxy
 
 

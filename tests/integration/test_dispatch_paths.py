@@ -1,0 +1,89 @@
+"""The dispatch API end to end: publish failures, the real `offload worker`, replay lineage."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from actors.dispatch import PublishFailed
+from offload.settings import Settings
+from offload.wiring import Runtime, build
+from store.models import BackgroundJobRow
+from tests.support.jobs import TEST_PORTS, TEST_REGISTRY
+from tests.support.procs import ROOT, env_for, wait_for
+from tests.support.proxy import Proxy
+
+
+def test_publish_failure_is_an_error_records_failed_and_runs_nothing(settings: Settings) -> None:
+    proxy = Proxy("127.0.0.1", 5672)
+    broker_url = settings.broker_url.replace("127.0.0.1:5672", f"127.0.0.1:{proxy.port}")
+    rt = build(
+        settings.model_copy(update={"broker_url": broker_url}), registry=TEST_REGISTRY, ports=TEST_PORTS
+    )
+    try:
+        proxy.cut()
+        with pytest.raises(PublishFailed, match="RabbitMQ at amqp://guest:\\*\\*\\*@"):
+            rt.dispatcher.dispatch("test-record", trigger="http")
+        run = rt.ledger.runs(job="test-record")[0]
+        assert run.status == "failed" and run.attempt == 0
+        assert "enqueue failed" in (rt.ledger.events(run.dispatch_key)[-1].detail or "")
+        proxy.restore()
+        again = rt.dispatcher.dispatch("test-record", trigger="http")  # the failed run's key is free again
+        assert (again.dispatch_key, again.duplicate, again.status) == (run.dispatch_key, False, "queued")
+    finally:
+        rt.close()
+        proxy.close()
+
+
+def test_offload_worker_cli_processes_a_background_jobs_dispatch(
+    runtime: Runtime, settings: Settings, tmp_path: Path
+) -> None:
+    with runtime.uow() as uow:
+        row_id = uow.background_jobs.add(type="noop", payload={}, run_at=datetime.now(UTC))
+        uow.commit()
+    env = env_for(settings)
+    log = (tmp_path / "worker.log").open("wb")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "offload.cli", "worker", "--processes", "1", "--threads", "2"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "offload.cli", "dispatch", "background-jobs"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        key = json.loads(out.stdout)["dispatch"]["dispatchKey"]
+        wait_for(lambda: runtime.ledger.get(key).status == "succeeded", timeout_s=60, what="the run")  # type: ignore[union-attr]
+        run = runtime.ledger.get(key)
+        assert run is not None and run.result == {
+            "claimed": 1,
+            "done": 1,
+            "retried": 0,
+            "failed": 0,
+            "has_more": False,
+        }
+        with runtime.sessions() as s:
+            assert (
+                s.scalars(select(BackgroundJobRow.status).where(BackgroundJobRow.id == row_id)).one()
+                == "done"
+            )
+    finally:
+        os.kill(worker.pid, signal.SIGTERM)  # the dramatiq master passes it on to its workers
+        assert worker.wait(timeout=30) == 0, (tmp_path / "worker.log").read_text()[-3000:]

@@ -1,0 +1,59 @@
+"""Bad settings stop start-up with one clear line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from offload.settings import Settings, SettingsError
+from tests.support.procs import ROOT
+
+
+def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    import os
+
+    full = {k: v for k, v in os.environ.items() if not k.startswith("OFFLOAD_")} | env
+    return subprocess.run(
+        [sys.executable, "-m", "offload.cli", *args],
+        cwd=ROOT,
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "fragment"),
+    [
+        ({"OFFLOAD_INLINE_JOBS": "followupz"}, "OFFLOAD_INLINE_JOBS names unknown job(s) followupz"),
+        ({"OFFLOAD_BROKER_URL": "http://localhost"}, "OFFLOAD_BROKER_URL"),
+        ({"OFFLOAD_DATABASE_URL": "mysql://x/y"}, "OFFLOAD_DATABASE_URL"),
+        ({"OFFLOAD_MANAGEMENT_URL": "not a url"}, "OFFLOAD_MANAGEMENT_URL"),
+        ({"OFFLOAD_WORKER_THREADS": "0"}, "OFFLOAD_WORKER_THREADS"),
+    ],
+)
+def test_bad_setting_refuses_to_start_with_one_line(env: dict[str, str], fragment: str) -> None:
+    result = run_cli(env, "jobs")
+    assert result.returncode == 2
+    assert fragment in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_postgres_scheme_is_pinned_to_psycopg3(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OFFLOAD_DATABASE_URL", "postgresql://u@h/db")
+    assert Settings.load().database_url == "postgresql+psycopg://u@h/db"
+
+
+def test_unknown_inline_job_is_a_settings_error() -> None:
+    with pytest.raises(SettingsError, match="nope"):
+        Settings(inline_jobs=frozenset({"nope"})).check_jobs(["background-jobs"])
+
+
+def test_worker_without_rabbitmq_says_how_to_start_it() -> None:
+    result = run_cli({"OFFLOAD_BROKER_URL": "amqp://guest:guest@127.0.0.1:1/%2F"}, "worker")
+    assert result.returncode == 2
+    assert "rabbitmq-server -detached" in result.stderr and "guest:***" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
