@@ -12,10 +12,13 @@ from typing import Any
 from actors.runner import JobRunner
 from domain import keys
 from domain.registry import JobSpec, Registry
-from domain.runs import Mode, RunStatus
+from domain.runs import Mode, RunStatus, Trigger
 from store.ledger import NewRun, RunView, SqlLedger, utcnow
 
 logger = logging.getLogger(__name__)
+
+#: Runs an operator may dispatch again.
+REPLAYABLE = frozenset({RunStatus.DEAD, RunStatus.FAILED, RunStatus.LOST, RunStatus.MISSED})
 
 
 class DispatchError(Exception):
@@ -163,6 +166,29 @@ class Dispatcher:
             return _answer(mode, outcome.run, duplicate=False, result=outcome.result)
         self.publish(spec, run)
         return _answer(mode, run, duplicate=False)
+
+    def replay(self, key: str, *, correlation_id: str | None = None) -> Dispatch:
+        """Dispatch a dead, failed or lost run again as a new run with `replay_of` lineage.
+
+        The new key is `<key>~replay<n>`, n counting this run's replays, so two operators replaying
+        the same run at once get one replay.
+        """
+        run = self.ledger.get(key)
+        if run is None:
+            raise LookupError(f"no run with dispatch key {key!r}")
+        if run.status not in REPLAYABLE:
+            raise ValueError(
+                f"run {key!r} is {run.status}; only {', '.join(sorted(REPLAYABLE))} runs are replayed"
+            )
+        n = self.ledger.replay_count(run.id) + 1
+        return self.dispatch(
+            run.job,
+            trigger=Trigger.REPLAY,
+            params=run.params,
+            key=f"{key}~replay{n}",
+            correlation_id=correlation_id or run.correlation_id,
+            replay_of=run.id,
+        )
 
     def publish(self, spec: JobSpec, run: RunView) -> None:
         """Send the run's message; on failure mark the run `failed` and raise PublishFailed."""

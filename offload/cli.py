@@ -182,6 +182,45 @@ def show(ctx: Ctx, key: str) -> None:
 
 
 @cli.command()
+@click.argument("key")
+@pass_ctx
+def replay(ctx: Ctx, key: str) -> None:
+    """Dispatch a dead, failed, lost or missed run again, with `replay_of` lineage."""
+    try:
+        d = ctx.runtime.dispatcher.replay(key)
+    except (LookupError, ValueError) as e:
+        raise click.UsageError(str(e)) from None
+    click.echo(json.dumps({"dispatch": d.asjson()}, indent=2))
+
+
+@cli.command()
+@pass_ctx
+def status(ctx: Ctx) -> None:
+    """Each job's queues (from the RabbitMQ management API) beside its runs on the ledger."""
+    from offload.management import queue_depths
+
+    runtime = ctx.runtime
+    depths = queue_depths(ctx.settings.management_url, ctx.settings.broker_url)
+    counts = runtime.ledger.counts()
+    click.echo(f"{'job':30} {'ready':>6} {'unacked':>7} {'delayed':>7} {'dead-q':>6} {'workers':>7}  ledger")
+    for spec in runtime.registry:
+        q = depths.get(spec.queue, {})
+        dq = depths.get(f"{spec.queue}.DQ", {})
+        xq = depths.get(f"{spec.queue}.XQ", {})
+        ledger = " ".join(f"{st}={n}" for (job, st), n in sorted(counts.items()) if job == spec.name)
+        cells = [
+            q.get("messages_ready", "-"),
+            q.get("messages_unacknowledged", "-"),
+            dq.get("messages", "-"),
+            xq.get("messages", "-"),
+            q.get("consumers", "-"),
+        ]
+        click.echo(
+            f"{spec.name:30} {cells[0]:>6} {cells[1]:>7} {cells[2]:>7} {cells[3]:>6} {cells[4]:>7}  {ledger}"
+        )
+
+
+@cli.command()
 @pass_ctx
 def reap(ctx: Ctx) -> None:
     """Mark runs whose lease expired (their worker died) as lost."""

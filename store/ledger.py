@@ -392,6 +392,10 @@ class SqlLedger:
                 for e in s.scalars(query)
             ]
 
+    def replay_count(self, run_id: int) -> int:
+        with translate_errors(), self._engine.connect() as conn:
+            return int(conn.scalar(select(func.count()).where(_runs.c.replay_of == run_id)) or 0)
+
     def counts(self) -> Mapping[tuple[str, str], int]:
         """Runs per (job, status)."""
         with translate_errors(), self._sessions() as s:

@@ -87,3 +87,30 @@ def test_offload_worker_cli_processes_a_background_jobs_dispatch(
     finally:
         os.kill(worker.pid, signal.SIGTERM)  # the dramatiq master passes it on to its workers
         assert worker.wait(timeout=30) == 0, (tmp_path / "worker.log").read_text()[-3000:]
+
+
+def test_replay_of_a_failed_run_dispatches_a_new_run_with_lineage(runtime: Runtime) -> None:
+    failed = runtime.dispatcher.dispatch("test-explode", trigger="cli", inline=True)
+    assert failed.status == "failed"
+    replay = runtime.dispatcher.replay(failed.dispatch_key)
+    assert replay.dispatch_key == f"{failed.dispatch_key}~replay1" and replay.status == "queued"
+    run = runtime.ledger.get(replay.dispatch_key)
+    assert run is not None and run.replay_of == failed.run_id and run.trigger == "replay"
+    assert run.correlation_id == failed.correlation_id
+    with pytest.raises(ValueError, match="only"):
+        runtime.dispatcher.replay(runtime.dispatcher.dispatch("test-record", trigger="cli", inline=True).dispatch_key)
+
+
+def test_status_joins_queue_depths_with_the_ledger(runtime: Runtime, settings: Settings) -> None:
+    runtime.dispatcher.dispatch("background-jobs", trigger="cli")
+
+    def line() -> str:
+        out = subprocess.run(
+            [sys.executable, "-m", "offload.cli", "status"],
+            cwd=ROOT, env=env_for(settings), capture_output=True, text=True, timeout=60, check=True,
+        ).stdout
+        return next(row for row in out.splitlines() if row.startswith("background-jobs"))
+
+    # The management API refreshes queue statistics every few seconds.
+    row = wait_for(lambda: (r := line()).split()[1] == "1" and r, timeout_s=30, every_s=1, what="queue stats")
+    assert row.endswith("queued=1")

@@ -48,7 +48,10 @@ def test_every_environment_variable_is_a_setting_and_the_values_validate() -> No
     db = urlsplit(settings.database_url)
     pg = SERVICES["postgres"]["environment"]
     assert (db.hostname, db.username, db.password, db.path.lstrip("/")) == (
-        "postgres", pg["POSTGRES_USER"], pg["POSTGRES_PASSWORD"], pg["POSTGRES_DB"]
+        "postgres",
+        pg["POSTGRES_USER"],
+        pg["POSTGRES_PASSWORD"],
+        pg["POSTGRES_DB"],
     )
 
 

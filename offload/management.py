@@ -1,0 +1,27 @@
+"""A small client of the RabbitMQ management HTTP API: queue depths for the operator's CLI."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote, unquote, urlsplit
+
+import click
+import requests
+
+
+def queue_depths(management_url: str, broker_url: str) -> dict[str, dict[str, Any]]:
+    """Queue name -> the management API's queue object, for the broker URL's vhost."""
+    parts = urlsplit(management_url)
+    vhost = unquote(urlsplit(broker_url).path.lstrip("/")) or "/"
+    host = (parts.hostname or "127.0.0.1") + (f":{parts.port}" if parts.port else "")
+    base = parts._replace(netloc=host).geturl()
+    auth = (unquote(parts.username or "guest"), unquote(parts.password or "guest"))
+    try:
+        r = requests.get(f"{base}/api/queues/{quote(vhost, safe='')}", auth=auth, timeout=10)
+        r.raise_for_status()
+    except requests.RequestException as e:
+        raise click.ClickException(
+            f"the RabbitMQ management API at {base} did not answer ({type(e).__name__}); "
+            "enable it with `rabbitmq-plugins enable rabbitmq_management`"
+        ) from None
+    return {q["name"]: q for q in r.json()}
