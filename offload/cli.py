@@ -58,7 +58,8 @@ def cli(verbose: bool) -> None:
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    logging.getLogger("pika").setLevel(logging.WARNING)
+    # pika logs every failed connection attempt at ERROR; our own one-line errors say it better.
+    logging.getLogger("pika").setLevel(logging.WARNING if verbose else logging.CRITICAL)
 
 
 @cli.group()

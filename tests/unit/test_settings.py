@@ -57,3 +57,20 @@ def test_worker_without_rabbitmq_says_how_to_start_it() -> None:
     assert result.returncode == 2
     assert "rabbitmq-server -detached" in result.stderr and "guest:***" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_inline_mode_needs_no_broker(tmp_path: object) -> None:
+    import json
+    from pathlib import Path
+
+    db = f"sqlite:///{Path(str(tmp_path)) / 'inline.db'}"
+    env = {"OFFLOAD_DATABASE_URL": db, "OFFLOAD_BROKER_URL": "amqp://guest:guest@127.0.0.1:1/%2F"}
+    assert run_cli(env, "db", "upgrade").returncode == 0
+    result = run_cli({**env, "OFFLOAD_INLINE": "true"}, "dispatch", "background-jobs")
+    assert result.returncode == 0, result.stderr
+    dispatch = json.loads(result.stdout)["dispatch"]
+    assert (dispatch["mode"], dispatch["status"]) == ("inline", "succeeded")
+    queued = run_cli(env, "dispatch", "background-jobs", "-p", "x=1")
+    assert queued.returncode == 3
+    assert queued.stderr.strip().splitlines() == [queued.stderr.strip()], "one line"
+    assert "could not publish to RabbitMQ at amqp://guest:***@127.0.0.1:1" in queued.stderr
