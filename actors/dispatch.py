@@ -202,7 +202,6 @@ class Dispatcher:
             actor.broker.enqueue(message)
         except Exception as e:
             reason = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-            logger.error("Publishing %r failed: %s", run.dispatch_key, reason)
             self.ledger.finish(
                 run.dispatch_key, RunStatus.FAILED, token=None, error=e, detail=f"enqueue failed: {reason}"
             )
