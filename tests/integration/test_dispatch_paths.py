@@ -98,7 +98,9 @@ def test_replay_of_a_failed_run_dispatches_a_new_run_with_lineage(runtime: Runti
     assert run is not None and run.replay_of == failed.run_id and run.trigger == "replay"
     assert run.correlation_id == failed.correlation_id
     with pytest.raises(ValueError, match="only"):
-        runtime.dispatcher.replay(runtime.dispatcher.dispatch("test-record", trigger="cli", inline=True).dispatch_key)
+        runtime.dispatcher.replay(
+            runtime.dispatcher.dispatch("test-record", trigger="cli", inline=True).dispatch_key
+        )
 
 
 def test_status_joins_queue_depths_with_the_ledger(runtime: Runtime, settings: Settings) -> None:
@@ -107,7 +109,12 @@ def test_status_joins_queue_depths_with_the_ledger(runtime: Runtime, settings: S
     def line() -> str:
         out = subprocess.run(
             [sys.executable, "-m", "offload.cli", "status"],
-            cwd=ROOT, env=env_for(settings), capture_output=True, text=True, timeout=60, check=True,
+            cwd=ROOT,
+            env=env_for(settings),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
         ).stdout
         return next(row for row in out.splitlines() if row.startswith("background-jobs"))
 
