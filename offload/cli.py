@@ -215,3 +215,20 @@ def require_broker(settings: Settings) -> None:
             err=True,
         )
         sys.exit(2)
+
+
+def _register() -> None:
+    """Commands whose bodies live in their own modules."""
+    from offload.bench_ingress import ingress as bench_ingress
+    from offload.web import web
+
+    cli.add_command(web)
+    bench.add_command(bench_ingress)
+
+
+@cli.group()
+def bench() -> None:
+    """Benchmarks against a baseline measured in the same run."""
+
+
+_register()
