@@ -24,7 +24,9 @@ def read_capped_body(
     too_large = PayloadTooLarge(f"the body is larger than {cap} bytes", details={"limit_bytes": cap})
     if req.content_length is not None and req.content_length > cap:
         raise too_large
-    body = req.bounded_stream.read(cap + 1)
+    # Without a length (a chunked body the server de-chunks and terminates) read the raw stream.
+    chunked = req.content_length is None and bool(req.env.get("wsgi.input_terminated"))
+    body = (req.stream if chunked else req.bounded_stream).read(cap + 1)
     if len(body) > cap:
         raise too_large
     req.context.body = body
