@@ -104,29 +104,11 @@ def serve(server: Any, *, stop: threading.Event, drain_s: float = DRAIN_S) -> No
     wasyncore.close_all(socket_map)
 
 
-@click.command()
-@click.option("--host", help="Listen address (OFFLOAD_WEB_HOST).")
-@click.option("--port", type=int, help="Listen port (OFFLOAD_WEB_PORT).")
-@click.option("--threads", type=int, help="Request threads (OFFLOAD_WEB_THREADS).")
-@click.pass_context
-def web(click_ctx: click.Context, host: str | None, port: int | None, threads: int | None) -> None:
-    """Serve the cron routes and webhooks on waitress."""
-    from offload.cli import Ctx
-    from store import db as store_db
-
-    ctx = click_ctx.ensure_object(Ctx)
-    settings: Settings = ctx.settings
-    runtime = ctx.runtime
-    store_db.upgrade(runtime.engine)
+def run(runtime: Any, *, host: str, port: int, threads: int) -> None:
+    """Serve `runtime` until SIGTERM or SIGINT, then stop gracefully and close the runtime."""
     # waitress warns "Task queue depth is N" whenever a request waits for a thread: routine under load.
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
-    server = make_server(
-        make_app(runtime),
-        settings,
-        host=host or settings.web_host,
-        port=settings.web_port if port is None else port,
-        threads=threads or settings.web_threads,
-    )
+    server = make_server(make_app(runtime), runtime.settings, host=host, port=port, threads=threads)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -141,3 +123,25 @@ def web(click_ctx: click.Context, host: str | None, port: int | None, threads: i
     finally:
         runtime.close()
     click.echo("offload web stopped", err=True)
+
+
+@click.command()
+@click.option("--host", help="Listen address (OFFLOAD_WEB_HOST).")
+@click.option("--port", type=int, help="Listen port (OFFLOAD_WEB_PORT); 0 picks a free one.")
+@click.option("--threads", type=int, help="Request threads (OFFLOAD_WEB_THREADS).")
+@click.pass_context
+def web(click_ctx: click.Context, host: str | None, port: int | None, threads: int | None) -> None:
+    """Serve the cron routes and webhooks on waitress."""
+    from offload.cli import Ctx
+    from store import db as store_db
+
+    ctx = click_ctx.ensure_object(Ctx)
+    settings: Settings = ctx.settings
+    runtime = ctx.runtime
+    store_db.upgrade(runtime.engine)
+    run(
+        runtime,
+        host=host or settings.web_host,
+        port=settings.web_port if port is None else port,
+        threads=threads or settings.web_threads,
+    )

@@ -38,14 +38,8 @@ class SqlWebhookEvents:
         values: dict[str, Any] = {f.name: getattr(new, f.name) for f in fields(new)}
         values["headers"] = dict(new.headers)
         values["attempts"] = 0
-        insert = postgresql.insert if self._s.get_bind().dialect.name == "postgresql" else sqlite.insert
-        statement = (
-            insert(WebhookEvent)
-            .values(**values)
-            .on_conflict_do_nothing(index_elements=["provider", "provider_event_id"])
-            .returning(WebhookEvent.id)
-        )
-        inserted = self._s.execute(statement).scalar_one_or_none()
+        statement = _INSERT_OR_NOTHING[self._s.get_bind().dialect.name]
+        inserted = self._s.execute(statement, values).scalar_one_or_none()
         if inserted is not None:
             return int(inserted), False
         existing = self._s.execute(
@@ -120,6 +114,21 @@ class SqlWebhookEvents:
         if status is not None:
             query = query.where(WebhookEvent.status == status)
         return int(self._s.execute(query).scalar_one())
+
+
+def _insert_or_nothing(insert: Any) -> Any:
+    """Built once: INSERT ... ON CONFLICT (provider, provider_event_id) DO NOTHING RETURNING id."""
+    return (
+        insert(WebhookEvent)
+        .on_conflict_do_nothing(index_elements=["provider", "provider_event_id"])
+        .returning(WebhookEvent.id)
+    )
+
+
+_INSERT_OR_NOTHING = {
+    "postgresql": _insert_or_nothing(postgresql.insert),
+    "sqlite": _insert_or_nothing(sqlite.insert),
+}
 
 
 def _view(row: WebhookEvent) -> StoredWebhookEvent:
