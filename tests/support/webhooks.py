@@ -35,7 +35,7 @@ def record_event(uow: Any, event: EmailWebhook, now: datetime) -> None:
     if email.startswith("transient"):
         raise TransientError(f"provider timeout for {event.event.id}")
     if email.startswith("slow"):
-        time.sleep(0.5)
+        time.sleep(1.0)
     session = uow.session
     session.execute(text(EFFECTS_DDL))
     session.execute(
