@@ -27,7 +27,7 @@ def create_app(
     webhook_auth: WebhookAuth,
     probes: Probes,
     body_cap_bytes: int = DEFAULT_BODY_CAP_BYTES,
-) -> falcon.App:
+) -> falcon.App[falcon.Request, falcon.Response]:
     """The app; it keeps no state of its own beyond its collaborators, so waitress threads share it."""
     app = falcon.App(middleware=[CorrelationId()])
     app.req_options.strip_url_path_trailing_slash = True

@@ -27,7 +27,9 @@ class CronTrigger:
 
     @falcon.before(require_cron_secret)
     def on_get(self, req: falcon.Request, resp: falcon.Response, job: str) -> None:
-        dispatch = self.dispatcher.dispatch(job, trigger=Trigger.HTTP, correlation_id=req.context.correlation_id)
+        dispatch = self.dispatcher.dispatch(
+            job, trigger=Trigger.HTTP, correlation_id=req.context.correlation_id
+        )
         body: dict[str, Any] = {"success": True, "dispatch": dispatch.asjson()}
         if dispatch.mode == Mode.QUEUE:
             resp.status = falcon.HTTP_202

@@ -6,8 +6,8 @@ Every error answer has the shape `{"error": {"code", "message", "details"}}`.
 from __future__ import annotations
 
 import logging
-from http import HTTPStatus
 from collections.abc import Callable, Sequence
+from http import HTTPStatus
 from typing import Any
 
 import falcon
@@ -113,7 +113,7 @@ def http_error(
     """Falcon's own errors (no route, wrong method) in our shape."""
     resp.set_headers(ex.headers or {})
     phrase = HTTPStatus(ex.status_code).phrase
-    render(resp, ex.status, phrase.lower().replace(" ", "_"), ex.description or phrase)
+    render(resp, str(ex.status), phrase.lower().replace(" ", "_"), ex.description or phrase)
 
 
 def unexpected(req: falcon.Request, resp: falcon.Response, ex: Exception, params: dict[str, Any]) -> None:

@@ -83,7 +83,9 @@ class WebhookIntake:
             headers=headers,
             body=body,
             status=EventStatus.PENDING if known else EventStatus.IGNORED,
-            status_reason=None if known else f"unknown event type {event.event.type!r}: stored, not processed",
+            status_reason=None
+            if known
+            else f"unknown event type {event.event.type!r}: stored, not processed",
             # Set before publishing: a crash after the commit leaves the row for the sweeper's requeue.
             received_at=now,
             queued_at=now if known else None,
@@ -100,10 +102,10 @@ class WebhookIntake:
 
     def _drain(self, event_id: int, event_type: str, correlation_id: str) -> Accepted:
         inline = True if event_type in self.inline_types else None
-        if not (inline or self.dispatcher.is_inline(webhook_drain.DRAIN_JOB)):
-            if time.monotonic() < self._paused_until:
-                self._unqueue(event_id)
-                return Accepted(event_id, queued=False)
+        queue_mode = not (inline or self.dispatcher.is_inline(webhook_drain.DRAIN_JOB))
+        if queue_mode and time.monotonic() < self._paused_until:
+            self._unqueue(event_id)
+            return Accepted(event_id, queued=False)
         try:
             dispatch = self.dispatcher.dispatch(
                 webhook_drain.DRAIN_JOB,

@@ -107,7 +107,9 @@ def document(*, jobs: Sequence[str], version: str = "0.1.0") -> dict[str, Any]:
                     },
                     "responses": {
                         "200": _json("WebhookDone", "A duplicate event id, or processed inline"),
-                        "202": _json("WebhookAccepted", "Stored; queued tells whether the drain is on its way"),
+                        "202": _json(
+                            "WebhookAccepted", "Stored; queued tells whether the drain is on its way"
+                        ),
                         "400": _error(400, "Malformed JSON; nothing stored"),
                         "401": _error(401, "Bad or missing signature, stale timestamp, wrong shared secret"),
                         "413": _error(413, "Body larger than the cap; not read past it"),

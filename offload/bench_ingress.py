@@ -25,7 +25,6 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import click
@@ -192,7 +191,8 @@ def echo_main(argv: list[str]) -> None:
 
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     server = create_server(app, host="127.0.0.1", port=0, threads=int(argv[0]), ident="echo")
-    print(f"echo listening on http://127.0.0.1:{server.effective_port}", file=sys.stderr, flush=True)
+    port = server.effective_port  # type: ignore[union-attr]
+    print(f"echo listening on http://127.0.0.1:{port}", file=sys.stderr, flush=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     server.run()
 
@@ -248,7 +248,7 @@ class _Vhost:
         self.requests = requests
         api = urlsplit(settings.management_url)
         self.auth = (api.username or "guest", api.password or "guest")
-        self.api = urlunsplit(api._replace(netloc=api.hostname + (f":{api.port}" if api.port else "")))
+        self.api = f"{api.scheme}://{api.hostname}" + (f":{api.port}" if api.port else "")
         self.name = f"offload-bench-ingress-{uuid.uuid4().hex[:8]}"
         broker = urlsplit(settings.broker_url)
         self.user = broker.username or "guest"

@@ -1,4 +1,4 @@
-"""Caller authentication, without IO: cron bearer and webhook signatures (Standard Webhooks, shared secret)."""
+"""Caller authentication without IO: the cron bearer, Standard Webhooks signatures, the shared secret."""
 
 from __future__ import annotations
 
@@ -25,7 +25,15 @@ def test_cron_bearer_accepts_the_secret_and_refuses_everything_else() -> None:
     auth = CronAuth(secret="s" * 20)
     auth.check("Bearer " + "s" * 20)
     auth.check("bearer " + "s" * 20)
-    for bad in (None, "", "Bearer", "Bearer " + "s" * 19, "Basic " + "s" * 20, "s" * 20, "Bearer x" + "s" * 20):
+    for bad in (
+        None,
+        "",
+        "Bearer",
+        "Bearer " + "s" * 19,
+        "Basic " + "s" * 20,
+        "s" * 20,
+        "Bearer x" + "s" * 20,
+    ):
         with pytest.raises(Unauthorized):
             auth.check(bad)
 
@@ -48,7 +56,11 @@ def test_our_signature_verifies_with_the_reference_library() -> None:
     at = datetime.now(UTC)
     key = Webhook(SIGNING_SECRET)._whsecret  # the decoded key, as the library holds it
     ours = "v1," + sign(key, "msg_9", int(at.timestamp()), BODY)
-    headers = {"webhook-id": "msg_9", "webhook-timestamp": str(int(at.timestamp())), "webhook-signature": ours}
+    headers = {
+        "webhook-id": "msg_9",
+        "webhook-timestamp": str(int(at.timestamp())),
+        "webhook-signature": ours,
+    }
     Webhook(SIGNING_SECRET).verify(BODY, headers)
 
 

@@ -9,11 +9,11 @@ import pika
 import pytest
 from conftest import Workers, wait_for
 from falcon import testing
-from tests.ingress.conftest import AUTH, queued_messages, run_count, with_secrets
 
 from offload.settings import Settings
 from offload.web import make_app
 from offload.wiring import Runtime, build
+from tests.ingress.conftest import AUTH, queued_messages, run_count, with_secrets
 from tests.services import Rabbit
 from tests.support.jobs import TEST_REGISTRY
 from tests.support.webhooks import RECORDING_PORTS

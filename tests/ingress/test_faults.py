@@ -14,7 +14,7 @@ from falcon import testing
 
 from offload.settings import Settings
 from offload.web import make_app
-from offload.wiring import Runtime, build
+from offload.wiring import build
 from tests.ingress.conftest import AUTH, effects_of, stored_events, with_secrets
 from tests.services import Postgres, Rabbit
 from tests.support.jobs import TEST_REGISTRY

@@ -33,21 +33,28 @@ def web_process(
     settings: Settings, tmp_path: Path, *, module: str = "offload", **env: str
 ) -> Iterator[tuple[int, subprocess.Popen[bytes], Path]]:
     log = tmp_path / f"web-{module}.log"
-    args = [sys.executable, "-m", module, "web", "--port", "0"] if module == "offload" else [
-        sys.executable, "-m", module, "--port", "0"
-    ]
+    args = (
+        [sys.executable, "-m", module, "web", "--port", "0"]
+        if module == "offload"
+        else [sys.executable, "-m", module, "--port", "0"]
+    )
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             args,
             cwd=ROOT,
             env=env_for(
-                settings, OFFLOAD_CRON_SECRET=CRON_SECRET, OFFLOAD_WEBHOOK_SIGNING_SECRET=SIGNING_SECRET, **env
+                settings,
+                OFFLOAD_CRON_SECRET=CRON_SECRET,
+                OFFLOAD_WEBHOOK_SIGNING_SECRET=SIGNING_SECRET,
+                **env,
             ),
             stdout=out,
             stderr=subprocess.STDOUT,
         )
     try:
-        match = wait_for(lambda: LISTENING.search(log.read_text()) or proc.poll() is not None, what="web start")
+        match = wait_for(
+            lambda: LISTENING.search(log.read_text()) or proc.poll() is not None, what="web start"
+        )
         assert proc.poll() is None, log.read_text()
         yield int(match.group(2)), proc, log
     finally:
@@ -60,7 +67,9 @@ def web_process(
                 proc.wait()
 
 
-def request(port: int, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], Any]:
+def request(
+    port: int, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], Any]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
         conn.request(method, path, body=body, headers=headers or {})

@@ -53,7 +53,11 @@ def store(
 
 def drain(runtime: Runtime, row_id: int, *, via: str | None = None) -> dict[str, object]:
     d = runtime.dispatcher.dispatch(
-        "webhook-drain", trigger="cli", params={"event_id": row_id}, key=drain_key(row_id, via=via), inline=True
+        "webhook-drain",
+        trigger="cli",
+        params={"event_id": row_id},
+        key=drain_key(row_id, via=via),
+        inline=True,
     )
     run = runtime.ledger.get(d.dispatch_key)
     assert run is not None
@@ -75,12 +79,22 @@ def test_a_drained_event_is_processed_once(runtime: Runtime) -> None:
     row = store(runtime, "evt-1")
     outcome = drain(runtime, row)
     assert outcome["status"] == "succeeded"
-    assert outcome["result"] == {"event_id": row, "event_type": "EMAIL_SENT", "status": "processed", "attempt": 1}
+    assert outcome["result"] == {
+        "event_id": row,
+        "event_type": "EMAIL_SENT",
+        "status": "processed",
+        "attempt": 1,
+    }
     stored = event(runtime, row)
     assert (stored.status, stored.attempts, stored.status_reason) == ("processed", 1, None)
     assert stored.processed_at is not None
     again = drain(runtime, row, via="second-message")
-    assert again["result"] == {"event_id": row, "event_type": "EMAIL_SENT", "status": "processed", "already": True}
+    assert again["result"] == {
+        "event_id": row,
+        "event_type": "EMAIL_SENT",
+        "status": "processed",
+        "already": True,
+    }
     assert effects_of(runtime, "evt-1") == 1
 
 
@@ -195,7 +209,10 @@ def test_the_sweeper_requeues_open_events_no_message_carries(settings: Settings)
         assert result == {"found": 3, "requeued": 3, "publish_failed": False, "has_more": False}
         swept = [int(k.split(":")[1]) for k in recorder.keys]
         assert swept == [never_queued, lost_message, retrying]
-        assert all(k.startswith(f"webhook-drain:{i}:webhook-sweeper:") for i, k in zip(swept, recorder.keys, strict=True))
+        assert all(
+            k.startswith(f"webhook-drain:{i}:webhook-sweeper:")
+            for i, k in zip(swept, recorder.keys, strict=True)
+        )
         assert all(event(runtime, i).queued_at is not None for i in swept)
         assert sweep(runtime, batch_size=7)["found"] == 0  # just queued: left alone
     finally:
@@ -207,7 +224,12 @@ def test_the_sweeper_is_bounded_per_run_and_stops_when_publishing_fails(settings
     runtime = build(settings, registry=TEST_REGISTRY, ports=replace(RECORDING_PORTS, drain_queue=recorder))
     try:
         rows = [store(runtime, f"e{i}", age_s=120, queued_age_s=None) for i in range(5)]
-        assert sweep(runtime, batch_size=4) == {"found": 4, "requeued": 2, "publish_failed": True, "has_more": True}
+        assert sweep(runtime, batch_size=4) == {
+            "found": 4,
+            "requeued": 2,
+            "publish_failed": True,
+            "has_more": True,
+        }
         assert [event(runtime, r).queued_at is not None for r in rows] == [True, True, False, False, False]
     finally:
         runtime.close()

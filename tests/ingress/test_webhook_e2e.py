@@ -1,4 +1,4 @@
-"""End to end: HTTP -> webhook_events -> RabbitMQ -> worker processes -> handlers, once each, in lead order."""
+"""End to end: HTTP -> webhook_events -> RabbitMQ -> workers -> handlers, once each, in lead order."""
 
 from __future__ import annotations
 
@@ -25,7 +25,10 @@ def test_queued_events_are_processed_once_each_in_the_order_of_their_lead(
         assert result.status_code == 202 and result.json["queued"] is True
         sent.append(event_id)
     duplicate = encode(payload("evt-0", email="lead0@example.com"))
-    assert client.simulate_post("/api/webhooks/email", body=duplicate, headers=signed(duplicate)).status_code == 200
+    assert (
+        client.simulate_post("/api/webhooks/email", body=duplicate, headers=signed(duplicate)).status_code
+        == 200
+    )
 
     workers.start(threads=4, OFFLOAD_TEST_WEBHOOK_HANDLERS="record")
     wait_for(

@@ -1,4 +1,4 @@
-"""`POST /api/webhooks/email` through falcon.testing: every bad input of the mission's table, and acceptance."""
+"""`POST /api/webhooks/email` through falcon.testing: the mission's bad inputs, and acceptance."""
 
 from __future__ import annotations
 
@@ -14,7 +14,14 @@ from pydantic import SecretStr
 from offload.settings import Settings
 from offload.web import make_app
 from offload.wiring import Runtime, build
-from tests.ingress.conftest import DRAIN_QUEUE, effects_of, queued_messages, run_count, stored_events, with_secrets
+from tests.ingress.conftest import (
+    DRAIN_QUEUE,
+    effects_of,
+    queued_messages,
+    run_count,
+    stored_events,
+    with_secrets,
+)
 from tests.services import Rabbit
 from tests.support.jobs import TEST_REGISTRY
 from tests.support.webhooks import RECORDING_PORTS, SHARED_SECRET, encode, payload, signed
@@ -120,7 +127,9 @@ def test_a_body_at_the_cap_is_read(client: testing.TestClient, web_runtime: Runt
     assert post(client, raw).status_code == 202
 
 
-@pytest.mark.parametrize("raw", [b"{", b"not json", b"\xff\xfe{}", b""], ids=["truncated", "text", "binary", "empty"])
+@pytest.mark.parametrize(
+    "raw", [b"{", b"not json", b"\xff\xfe{}", b""], ids=["truncated", "text", "binary", "empty"]
+)
 def test_malformed_json_is_400_and_nothing_is_stored(
     client: testing.TestClient, web_runtime: Runtime, rabbit: Rabbit, raw: bytes
 ) -> None:
@@ -197,7 +206,9 @@ def test_an_inline_event_type_is_processed_in_the_request_after_it_is_stored(
 
 
 def test_the_shared_secret_header_works_when_no_signing_secret_is_set(settings: Settings) -> None:
-    shared = with_secrets(settings, webhook_signing_secret=None, webhook_shared_secret=SecretStr(SHARED_SECRET))
+    shared = with_secrets(
+        settings, webhook_signing_secret=None, webhook_shared_secret=SecretStr(SHARED_SECRET)
+    )
     runtime = build(shared, registry=TEST_REGISTRY, ports=RECORDING_PORTS)
     try:
         client = testing.TestClient(make_app(runtime))

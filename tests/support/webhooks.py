@@ -59,7 +59,9 @@ def payload(event_id: str, *, type: str = "EMAIL_SENT", email: str = "lead@examp
     return body
 
 
-def signed(body: bytes | str, *, secret: str = SIGNING_SECRET, msg_id: str = "msg_1", at: datetime | None = None) -> dict[str, str]:
+def signed(
+    body: bytes | str, *, secret: str = SIGNING_SECRET, msg_id: str = "msg_1", at: datetime | None = None
+) -> dict[str, str]:
     """Standard Webhooks headers made by the reference library (an independent implementation).
 
     The library signs text only: a body that is not UTF-8 is signed with ours.
