@@ -33,11 +33,69 @@ class BackgroundJobs(Protocol):
     def mark_failed(self, job_id: int, *, now: datetime, error: str) -> None: ...
 
 
+@dataclass(frozen=True)
+class StoredWebhookEvent:
+    """A row of webhook_events as the drain reads it; `body` is the raw JSON the sender signed."""
+
+    id: int
+    provider: str
+    provider_event_id: str
+    event_type: str
+    lead_ref: str | None
+    body: str
+    status: str
+    status_reason: str | None
+    attempts: int
+    received_at: datetime
+    queued_at: datetime | None
+    processed_at: datetime | None
+
+
+class WebhookEvents(Protocol):
+    def lock(self, event_id: int) -> StoredWebhookEvent | None:
+        """The event, locked for this unit of work so no other drain processes it meanwhile."""
+        ...
+
+    def older_open(self, event: StoredWebhookEvent, *, statuses: frozenset[str]) -> int | None:
+        """The id of the oldest earlier event of the same lead still in one of `statuses`, if any."""
+        ...
+
+    def mark(
+        self,
+        event_id: int,
+        *,
+        status: str,
+        reason: str | None,
+        attempts: int | None = None,
+        processed_at: datetime | None = None,
+    ) -> None: ...
+
+    def due_for_redrive(
+        self, *, statuses: frozenset[str], received_before: datetime, queued_before: datetime, limit: int
+    ) -> list[StoredWebhookEvent]:
+        """Events in `statuses`, received before `received_before`, never queued or queued before
+        `queued_before`, oldest first."""
+        ...
+
+    def mark_queued(self, event_id: int, *, at: datetime | None) -> None: ...
+
+
+class DrainQueue(Protocol):
+    """Queues the drain of one stored webhook event (the composition root binds it to the dispatcher)."""
+
+    def drain(self, event_id: int, *, key: str) -> bool:
+        """Publish a drain of `event_id` under dispatch key `key`; False when it could not be published."""
+        ...
+
+
 class UnitOfWork(Protocol):
     """One transaction over the repositories; `commit` makes the work so far durable."""
 
     @property
     def background_jobs(self) -> BackgroundJobs: ...
+
+    @property
+    def webhook_events(self) -> WebhookEvents: ...
 
     def commit(self) -> None: ...
 
@@ -55,3 +113,5 @@ class Ports:
     background_handlers: Mapping[str, Handler] = field(default_factory=dict)
     #: event type -> handler; see domain.webhooks.WebhookHandler (typed loosely to avoid a cycle).
     webhook_handlers: Mapping[str, Callable[..., None]] = field(default_factory=dict)
+    #: re-queues stored webhook events (the sweeper); None until the composition root binds it.
+    drain_queue: DrainQueue | None = None

@@ -8,7 +8,7 @@ from typing import Literal
 
 from croniter import croniter
 
-from domain import background_jobs
+from domain import background_jobs, webhook_drain
 from domain.context import JobFn
 from domain.errors import UnknownJob
 
@@ -104,6 +104,28 @@ JOBS = Registry(
             concurrency_cap=1,
             max_retries=3,
             time_limit_ms=300_000,
+        ),
+        JobSpec(
+            name=webhook_drain.DRAIN_JOB,
+            run=webhook_drain.drain_event,
+            actor_name="drain_webhook_event",
+            description="Process one stored webhook event with its type's handler, in order per lead.",
+            concurrency_cap=8,
+            max_retries=8,
+            min_backoff_ms=1_000,
+            max_backoff_ms=60_000,
+            time_limit_ms=60_000,
+        ),
+        JobSpec(
+            name="webhook-sweeper",
+            run=webhook_drain.sweep,
+            actor_name="sweep_webhook_events",
+            description="Queue again the stored webhook events that no drain message carries.",
+            cron="* * * * *",
+            concurrency_cap=1,
+            overlap="skip",
+            max_retries=2,
+            time_limit_ms=120_000,
         ),
     ]
 )

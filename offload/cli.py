@@ -265,9 +265,14 @@ def require_broker(settings: Settings) -> None:
 
 
 def _register() -> None:
+    """Commands whose bodies live in their own modules."""
     from offload.bench import bench
+    from offload.bench_ingress import ingress as bench_ingress
+    from offload.web import web
 
+    cli.add_command(web)
     cli.add_command(bench)
+    bench.add_command(bench_ingress)
 
 
 _register()

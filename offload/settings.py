@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 from typing import Annotated
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+MIN_SECRET_CHARS = 16
 
 
 class SettingsError(Exception):
@@ -24,8 +28,24 @@ class Settings(BaseSettings):
     lease_grace_s: float = Field(30.0, gt=0)
     worker_processes: int = Field(2, ge=1)
     worker_threads: int = Field(8, ge=1)
+    # -- web ingress (offload web) --
+    #: Bearer token of the cron routes; also read from CRON_SECRET. Unset: the routes answer 503.
+    cron_secret: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("cron_secret", "OFFLOAD_CRON_SECRET")
+    )
+    #: Standard Webhooks signing secret, `whsec_<base64>`; takes precedence over the shared secret.
+    webhook_signing_secret: SecretStr | None = None
+    #: Simpler alternative: the sender puts this value in the X-Webhook-Secret header.
+    webhook_shared_secret: SecretStr | None = None
+    webhook_body_cap_bytes: int = Field(256 * 1024, ge=1024)
+    webhook_tolerance_s: int = Field(300, ge=1)
+    #: Event types processed in the request (after persisting) instead of by a worker; default none.
+    webhook_inline_types: Annotated[frozenset[str], NoDecode] = frozenset()
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(8000, ge=0, le=65535)
+    web_threads: int = Field(8, ge=1)
 
-    @field_validator("inline_jobs", mode="before")
+    @field_validator("inline_jobs", "webhook_inline_types", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
         if isinstance(value, str):
@@ -40,6 +60,29 @@ class Settings(BaseSettings):
             raise ValueError(f"expected a sqlite:/// or postgresql+psycopg:// URL, got scheme {scheme!r}")
         if scheme in ("postgresql", "postgres"):
             return "postgresql+psycopg" + value[len(scheme) :]
+        return value
+
+    @field_validator("cron_secret", "webhook_shared_secret")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < MIN_SECRET_CHARS:
+            raise ValueError(f"must be at least {MIN_SECRET_CHARS} characters")
+        return value
+
+    @field_validator("webhook_signing_secret")
+    @classmethod
+    def _signing_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        text = value.get_secret_value()
+        if not text.startswith("whsec_"):
+            raise ValueError("expected a Standard Webhooks secret of the form whsec_<base64>")
+        try:
+            key = base64.b64decode(text[len("whsec_") :], validate=True)
+        except binascii.Error:
+            raise ValueError("the part after whsec_ is not valid base64") from None
+        if len(key) < 16:
+            raise ValueError("the signing key must be at least 16 bytes")
         return value
 
     @field_validator("broker_url")
@@ -65,6 +108,14 @@ class Settings(BaseSettings):
             raise SettingsError(
                 f"OFFLOAD_INLINE_JOBS names unknown job(s) {', '.join(unknown)}; known: {', '.join(names)}"
             )
+        from domain.webhooks import KNOWN_TYPES
+
+        unknown = sorted(self.webhook_inline_types - set(KNOWN_TYPES))
+        if unknown:
+            raise SettingsError(
+                f"OFFLOAD_WEBHOOK_INLINE_TYPES names unknown event type(s) {', '.join(unknown)}; "
+                f"known: {', '.join(KNOWN_TYPES)}"
+            )
 
     @classmethod
     def load(cls) -> Settings:
@@ -73,8 +124,9 @@ class Settings(BaseSettings):
             return cls()
         except ValidationError as e:
             err = e.errors()[0]
-            field = str(err["loc"][0]) if err["loc"] else "?"
-            raise SettingsError(f"OFFLOAD_{field.upper()}: {err['msg']}") from None
+            field = str(err["loc"][0]).upper() if err["loc"] else "?"
+            name = field if field.startswith("OFFLOAD_") else f"OFFLOAD_{field}"
+            raise SettingsError(f"{name}: {err['msg']}") from None
 
 
 def redact(url: str) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import Engine, text
@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from actors.broker import declare_actors, make_broker
 from actors.dispatch import Dispatcher
+from actors.drain_queue import DispatchDrainQueue
 from actors.runner import JobRunner
 from domain import background_jobs
 from domain.ports import Ports
@@ -74,4 +75,6 @@ def build(settings: Settings, *, registry: Registry = JOBS, ports: Ports | None 
         inline_jobs=settings.inline_jobs,
         broker_name=f"RabbitMQ at {redact(settings.broker_url)}",
     )
+    if runner.ports.drain_queue is None:
+        runner.ports = replace(runner.ports, drain_queue=DispatchDrainQueue(dispatcher))
     return Runtime(settings, registry, engine, sessions, ledger, leases, runner, broker, actors, dispatcher)

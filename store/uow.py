@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from domain.ports import BackgroundJob
 from store.db import translate_errors
 from store.models import BackgroundJobRow
+from store.webhook_events import SqlWebhookEvents
 
 
 class SqlBackgroundJobs:
@@ -74,6 +75,7 @@ class SqlUnitOfWork:
     def __enter__(self) -> SqlUnitOfWork:
         self.session = self._sessions()
         self.background_jobs = SqlBackgroundJobs(self.session)
+        self.webhook_events = SqlWebhookEvents(self.session)
         return self
 
     def __exit__(

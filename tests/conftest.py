@@ -6,14 +6,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import text
 
 from offload.settings import Settings
 from offload.wiring import Runtime, build
 from store import db
 from tests.services import Postgres, Rabbit
 from tests.support.jobs import EFFECTS_DDL, TEST_PORTS, TEST_REGISTRY
-from tests.support.procs import Workers
+from tests.support.procs import Workers, reset_postgres
 
 
 def _unavailable(what: str, e: BaseException) -> None:
@@ -46,15 +46,6 @@ def postgres() -> Iterator[Postgres]:
     pg.drop()
 
 
-def _reset_postgres(url: str) -> None:
-    engine = create_engine(url)
-    with engine.begin() as conn:
-        tables = [t for t in inspect(conn).get_table_names() if t != "alembic_version"]
-        conn.execute(text(EFFECTS_DDL))
-        conn.execute(text(f"TRUNCATE {', '.join([*tables, 'test_effects'])} RESTART IDENTITY CASCADE"))
-    engine.dispose()
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A migrated, empty database on each backend."""
@@ -67,7 +58,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         engine.dispose()
         return url
     pg: Postgres = request.getfixturevalue("postgres")
-    _reset_postgres(pg.url)
+    reset_postgres(pg.url)
     return pg.url
 
 

@@ -1,11 +1,13 @@
 """Worker entry for tests: the production wiring plus the test jobs.
 
-Run as `python -m dramatiq tests.support.app:broker`.
+Run as `python -m dramatiq tests.support.app:broker`. With OFFLOAD_TEST_WEBHOOK_HANDLERS=record the
+webhook drain uses the recording test handlers.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 
 from offload.settings import Settings
 from offload.wiring import build
@@ -13,5 +15,11 @@ from tests.support.jobs import TEST_PORTS, TEST_REGISTRY
 
 logging.getLogger("pika").setLevel(logging.WARNING)
 
-runtime = build(Settings.load(), registry=TEST_REGISTRY, ports=TEST_PORTS)
+ports = TEST_PORTS
+if os.environ.get("OFFLOAD_TEST_WEBHOOK_HANDLERS") == "record":
+    from tests.support.webhooks import RECORDING_PORTS
+
+    ports = RECORDING_PORTS
+
+runtime = build(Settings.load(), registry=TEST_REGISTRY, ports=ports)
 broker = runtime.broker

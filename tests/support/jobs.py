@@ -90,5 +90,19 @@ TEST_JOBS = [
         time_limit_ms=4_000,
     ),
 ]
+TEST_JOBS.append(
+    JobSpec(
+        name="test-cron-record",
+        run=record,
+        actor_name="record_cron_effect",
+        description="records an effect; scheduled every five minutes",
+        cron="*/5 * * * *",
+        concurrency_cap=2,
+        max_retries=3,
+        min_backoff_ms=200,
+        max_backoff_ms=1000,
+        time_limit_ms=20_000,
+    )
+)
 TEST_REGISTRY = JOBS.extended(TEST_JOBS)
 TEST_PORTS = default_ports()

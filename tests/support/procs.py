@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import create_engine, inspect, text
 
 from offload.settings import Settings
 from offload.wiring import Runtime
+from tests.support.jobs import EFFECTS_DDL
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -99,3 +100,13 @@ def wait_for(
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout_s}s waiting for {what or predicate}", pytrace=False)
         time.sleep(every_s)
+
+
+def reset_postgres(url: str) -> None:
+    """Empty every table of a migrated PostgreSQL database."""
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        tables = [t for t in inspect(conn).get_table_names() if t != "alembic_version"]
+        conn.execute(text(EFFECTS_DDL))
+        conn.execute(text(f"TRUNCATE {', '.join([*tables, 'test_effects'])} RESTART IDENTITY CASCADE"))
+    engine.dispose()

@@ -1,0 +1,121 @@
+"""HTTP errors and the error handlers: the only place where exceptions become HTTP answers.
+
+Every error answer has the shape `{"error": {"code", "message", "details"}}`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from http import HTTPStatus
+from typing import Any
+
+import falcon
+
+from actors.dispatch import DispatchError, PublishFailed
+from domain.errors import UnknownJob
+from store.errors import StoreError, StoreUnavailable
+
+logger = logging.getLogger(__name__)
+
+ErrorHandler = Callable[[falcon.Request, falcon.Response, Any, dict[str, Any]], None]
+
+
+class ApiError(Exception):
+    """Root of the errors the ingress raises itself; each subclass fixes a status and a code."""
+
+    status = falcon.HTTP_400
+    code = "bad_request"
+    headers: dict[str, str] = {}
+
+    def __init__(self, message: str, *, details: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class Unauthorized(ApiError):
+    status = falcon.HTTP_401
+    code = "unauthorized"
+
+
+class BearerUnauthorized(Unauthorized):
+    headers = {"WWW-Authenticate": 'Bearer realm="offload-cron"'}
+
+
+class NotConfigured(ApiError):
+    """A route whose secret is not configured refuses every call rather than running open."""
+
+    status = falcon.HTTP_503
+    code = "not_configured"
+
+
+class PayloadTooLarge(ApiError):
+    status = falcon.HTTP_413
+    code = "payload_too_large"
+
+
+class MalformedJson(ApiError):
+    status = falcon.HTTP_400
+    code = "malformed_json"
+
+
+class InvalidPayload(ApiError):
+    status = falcon.HTTP_422
+    code = "invalid_payload"
+
+
+class NotReady(ApiError):
+    status = falcon.HTTP_503
+    code = "not_ready"
+
+
+class JobFailed(ApiError):
+    """An inline run ended without success; the ledger row has the error."""
+
+    status = falcon.HTTP_500
+    code = "job_failed"
+
+
+def render(resp: falcon.Response, status: str, code: str, message: str, details: Any = None) -> None:
+    resp.status = status
+    resp.media = {"error": {"code": code, "message": message, "details": details}}
+
+
+def api_error(req: falcon.Request, resp: falcon.Response, ex: ApiError, params: dict[str, Any]) -> None:
+    resp.set_headers(ex.headers)
+    render(resp, ex.status, ex.code, ex.message, ex.details)
+
+
+def unknown_job(known: Sequence[str]) -> ErrorHandler:
+    def handle(req: falcon.Request, resp: falcon.Response, ex: UnknownJob, params: dict[str, Any]) -> None:
+        render(resp, falcon.HTTP_404, "unknown_job", f"no job named {ex}", {"known_jobs": list(known)})
+
+    return handle
+
+
+def dispatch_error(
+    req: falcon.Request, resp: falcon.Response, ex: DispatchError, params: dict[str, Any]
+) -> None:
+    details = {"broker": ex.broker, "reason": ex.reason} if isinstance(ex, PublishFailed) else None
+    render(resp, falcon.HTTP_503, "broker_unavailable", f"{ex}; nothing was run", details)
+
+
+def store_error(req: falcon.Request, resp: falcon.Response, ex: StoreError, params: dict[str, Any]) -> None:
+    logger.error("Database error on %s %s: %s", req.method, req.path, ex)
+    code = "database_unavailable" if isinstance(ex, StoreUnavailable) else "database_error"
+    render(resp, falcon.HTTP_503, code, "the database cannot be reached; nothing was stored, try again")
+
+
+def http_error(
+    req: falcon.Request, resp: falcon.Response, ex: falcon.HTTPError, params: dict[str, Any]
+) -> None:
+    """Falcon's own errors (no route, wrong method) in our shape."""
+    resp.set_headers(ex.headers or {})
+    phrase = HTTPStatus(ex.status_code).phrase
+    render(resp, str(ex.status), phrase.lower().replace(" ", "_"), ex.description or phrase)
+
+
+def unexpected(req: falcon.Request, resp: falcon.Response, ex: Exception, params: dict[str, Any]) -> None:
+    logger.exception("Unhandled error on %s %s", req.method, req.path)
+    render(resp, falcon.HTTP_500, "internal_error", "an unexpected error occurred; see the server log")

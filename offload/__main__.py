@@ -1,0 +1,5 @@
+"""`python -m offload ...` is the `offload` command."""
+
+from offload.cli import main
+
+main()

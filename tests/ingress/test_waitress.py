@@ -1,0 +1,163 @@
+"""The ingress on a real waitress server: `offload web` as a process, driven over HTTP."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from offload.settings import Settings
+from offload.wiring import Runtime
+from tests.ingress.conftest import AUTH, queued_messages, stored_events
+from tests.services import Rabbit
+from tests.support.procs import ROOT, Workers, env_for, wait_for
+from tests.support.webhooks import CRON_SECRET, SIGNING_SECRET, encode, payload, signed
+
+LISTENING = re.compile(r"listening on http://([^:]+):(\d+)")
+
+
+@contextmanager
+def web_process(
+    settings: Settings, tmp_path: Path, *, module: str = "offload", **env: str
+) -> Iterator[tuple[int, subprocess.Popen[bytes], Path]]:
+    log = tmp_path / f"web-{module}.log"
+    args = (
+        [sys.executable, "-m", module, "web", "--port", "0"]
+        if module == "offload"
+        else [sys.executable, "-m", module, "--port", "0"]
+    )
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            args,
+            cwd=ROOT,
+            env=env_for(
+                settings,
+                OFFLOAD_CRON_SECRET=CRON_SECRET,
+                OFFLOAD_WEBHOOK_SIGNING_SECRET=SIGNING_SECRET,
+                **env,
+            ),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        match = wait_for(
+            lambda: LISTENING.search(log.read_text()) or proc.poll() is not None, what="web start"
+        )
+        assert proc.poll() is None, log.read_text()
+        yield int(match.group(2)), proc, log
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def request(
+    port: int, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], Any]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        data = resp.read()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, json.loads(data) if data else None
+    finally:
+        conn.close()
+
+
+def test_offload_web_accepts_a_signed_webhook_and_answers_json_everywhere(
+    settings: Settings, runtime: Runtime, rabbit: Rabbit, tmp_path: Path
+) -> None:
+    with web_process(settings, tmp_path) as (port, proc, log):
+        body = encode(payload("evt-waitress"))
+        status, headers, answer = request(port, "POST", "/api/webhooks/email", body, signed(body))
+        assert status == 202 and answer["queued"] is True
+        assert headers["x-correlation-id"]
+        [event] = stored_events(runtime)
+        assert event.id == answer["id"] and event.provider_event_id == "evt-waitress"
+        assert queued_messages(rabbit, "offload.webhook-drain") == 1
+
+        tampered = body.replace(b"evt-waitress", b"evt-waitressX")
+        status, _, answer = request(port, "POST", "/api/webhooks/email", tampered, signed(body))
+        assert status == 401 and answer["error"]["code"] == "unauthorized"
+
+        big = b"x" * (settings.webhook_body_cap_bytes + 1)
+        status, _, answer = request(port, "POST", "/api/webhooks/email", big, signed(big))
+        assert status == 413 and answer["error"]["code"] == "payload_too_large"
+
+        assert request(port, "GET", "/healthz")[0] == 200
+        status, _, answer = request(port, "GET", "/readyz")
+        assert status == 200 and answer["checks"] == {"database": "ok", "broker": "ok"}
+        assert request(port, "GET", "/openapi.json")[2]["openapi"] == "3.1.0"
+        assert len(stored_events(runtime)) == 1
+
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+        assert "offload web stopped" in log.read_text()
+
+
+def test_fifty_concurrent_calls_of_a_cron_route_in_one_slot_give_one_run(
+    settings: Settings, runtime: Runtime, rabbit: Rabbit, workers: Workers, tmp_path: Path
+) -> None:
+    with web_process(settings, tmp_path) as (port, _, _):
+        # The slot is the minute: keep the burst away from a minute boundary.
+        while not 1 <= datetime.now(UTC).second <= 45:
+            time.sleep(0.5)
+        gate = threading.Barrier(50)
+
+        def call(_: int) -> tuple[int, Any]:
+            gate.wait()
+            status, _, answer = request(port, "GET", "/api/cron/background-jobs", headers=AUTH)
+            return status, answer
+
+        with ThreadPoolExecutor(max_workers=50) as pool:
+            answers = list(pool.map(call, range(50)))
+    assert [status for status, _ in answers] == [202] * 50
+    dispatches = [answer["dispatch"] for _, answer in answers]
+    assert len({d["dispatchKey"] for d in dispatches}) == 1
+    assert sorted(d["duplicate"] for d in dispatches) == [False] + [True] * 49
+    [run] = runtime.ledger.runs(job="background-jobs")
+    assert run.duplicates == 49 and run.trigger == "http"
+    assert queued_messages(rabbit, "offload.background-jobs") == 1
+    workers.start(threads=2)
+    wait_for(lambda: (r := runtime.ledger.get(run.dispatch_key)) and r.status == "succeeded", what="the run")
+    assert runtime.ledger.get(run.dispatch_key).attempt == 1  # type: ignore[union-attr]
+
+
+def test_sigterm_lets_a_request_in_flight_finish_then_stops(
+    settings: Settings, runtime: Runtime, tmp_path: Path
+) -> None:
+    with web_process(
+        settings, tmp_path, module="tests.support.web", OFFLOAD_WEBHOOK_INLINE_TYPES="EMAIL_SENT"
+    ) as (port, proc, log):
+        body = encode(payload("evt-slow", email="slow@example.com"))
+        outcome: dict[str, Any] = {}
+
+        def slow_request() -> None:
+            outcome["answer"] = request(port, "POST", "/api/webhooks/email", body, signed(body))
+
+        sender = threading.Thread(target=slow_request)
+        sender.start()
+        wait_for(lambda: len(stored_events(runtime)) == 1, what="the event to be stored")
+        proc.send_signal(signal.SIGTERM)
+        sender.join(timeout=20)
+        status, _, answer = outcome["answer"]
+        assert status == 200 and answer["status"] == "processed", answer
+        assert proc.wait(timeout=20) == 0, log.read_text()
+        assert "offload web stopped" in log.read_text()
+    [event] = stored_events(runtime)
+    assert event.status == "processed"
