@@ -14,6 +14,7 @@ from actors.concurrency_cap import ConcurrencyCap
 from actors.dedup import Dedup
 from actors.runner import JobRunner
 from actors.status_ledger import StatusLedger
+from domain.errors import PermanentError
 from domain.registry import JobSpec, Registry
 from store.leases import SqlLeases
 from store.ledger import SqlLedger
@@ -65,6 +66,7 @@ def _declare(broker: dramatiq.Broker, spec: JobSpec, runner: JobRunner) -> Any:
         actor_name=spec.actor_name,
         queue_name=spec.queue,
         max_retries=spec.max_retries,
+        throws=(PermanentError,),  # no retry can fix it: straight to the dead letter queue
         min_backoff=spec.min_backoff_ms,
         max_backoff=spec.max_backoff_ms,
         time_limit=spec.time_limit_ms,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,10 +36,27 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
 
+        # SQLite has one writer at a time. Threads of this process queue on a lock, in order, rather
+        # than sleeping in SQLite's busy handler (whose back-off makes the tail latency long).
+        writer = threading.Lock()
+
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            if not writer.acquire(timeout=SQLITE_BUSY_TIMEOUT_MS / 1000):
+                raise StoreUnavailable("database is locked (waited for another writer of this process)")
+            conn.info["holds_writer"] = True
+            try:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            except BaseException:
+                _release(conn)
+                raise
 
+        def _release(conn: Any) -> None:
+            if conn.info.pop("holds_writer", False):
+                writer.release()
+
+        event.listen(engine, "commit", _release)
+        event.listen(engine, "rollback", _release)
         return engine
     # No pre-ping: it costs a round trip per transaction. A connection that died with its server
     # fails its statement with StoreUnavailable, the pool drops it, and the guards defer or retry.

@@ -139,3 +139,14 @@ def test_dispatch_with_postgresql_down_raises_store_unavailable(postgres: Postgr
     finally:
         rt.close()
         proxy.close()
+
+
+def test_permanent_error_is_dead_lettered_without_retries(
+    runtime: Runtime, workers: Workers, rabbit: Rabbit
+) -> None:
+    d = runtime.dispatcher.dispatch("test-explode", trigger="cli", params={"permanent": True})
+    workers.start(threads=2)
+    wait_for(lambda: status(runtime, d.dispatch_key) == "dead", timeout_s=30, what="dead")
+    run = runtime.ledger.get(d.dispatch_key)
+    assert run is not None and (run.attempt, run.error_type) == (1, "PermanentError")
+    wait_for(lambda: rabbit.message_count("offload.test-explode.XQ") == 1, what="the dead letter")

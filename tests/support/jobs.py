@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import text
 
 from domain.context import JobContext
+from domain.errors import PermanentError
 from domain.registry import JOBS, JobSpec
 from offload.wiring import default_ports
 
@@ -41,6 +42,8 @@ def record(ctx: JobContext) -> Mapping[str, Any]:
 
 def explode(ctx: JobContext) -> Mapping[str, Any]:
     trace("start", ctx)
+    if ctx.params.get("permanent"):
+        raise PermanentError(f"refused {ctx.key}")
     raise RuntimeError(f"boom in {ctx.key}")
 
 
