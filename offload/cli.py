@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -34,6 +35,7 @@ class Ctx:
 
             self._settings = Settings.load()
             self._settings.check_jobs(JOBS.names)
+            self._settings.scheduled(JOBS)
         return self._settings
 
     @property
@@ -45,7 +47,7 @@ class Ctx:
         return self._runtime
 
 
-pass_ctx = click.make_pass_decorator(Ctx, ensure=True)
+pass_ctx: Callable[[Callable[..., Any]], Callable[..., Any]] = click.make_pass_decorator(Ctx, ensure=True)
 
 
 @click.group()
@@ -266,8 +268,11 @@ def require_broker(settings: Settings) -> None:
 
 def _register() -> None:
     from offload.bench import bench
+    from offload.processes import dev, scheduler
 
     cli.add_command(bench)
+    cli.add_command(scheduler)
+    cli.add_command(dev)
 
 
 _register()

@@ -7,6 +7,9 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import SettingsError as PydanticSettingsError
+
+from domain.registry import Registry
 
 
 class SettingsError(Exception):
@@ -24,6 +27,11 @@ class Settings(BaseSettings):
     lease_grace_s: float = Field(30.0, gt=0)
     worker_processes: int = Field(2, ge=1)
     worker_threads: int = Field(8, ge=1)
+    #: job -> cron expression (or null: never scheduled), as JSON, overriding the registry's.
+    schedules: dict[str, str | None] = Field(default_factory=dict)
+    scheduler_grace_s: float = Field(60.0, gt=0)
+    ledger_retention_days: float = Field(30.0, gt=0)
+    run_event_retention_days: float = Field(30.0, gt=0)
 
     @field_validator("inline_jobs", mode="before")
     @classmethod
@@ -66,11 +74,20 @@ class Settings(BaseSettings):
                 f"OFFLOAD_INLINE_JOBS names unknown job(s) {', '.join(unknown)}; known: {', '.join(names)}"
             )
 
+    def scheduled(self, registry: Registry) -> Registry:
+        """`registry` with OFFLOAD_SCHEDULES applied; SettingsError names a bad job or expression."""
+        try:
+            return registry.rescheduled(self.schedules)
+        except ValueError as e:
+            raise SettingsError(f"OFFLOAD_SCHEDULES: {e}") from None
+
     @classmethod
     def load(cls) -> Settings:
         """Read the environment; raise SettingsError with one line for the first bad value."""
         try:
             return cls()
+        except PydanticSettingsError as e:
+            raise SettingsError(str(e).splitlines()[0]) from None
         except ValidationError as e:
             err = e.errors()[0]
             field = str(err["loc"][0]) if err["loc"] else "?"
