@@ -7,8 +7,10 @@ found by walking forward.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
@@ -29,9 +31,21 @@ def check(expr: str, tz: str) -> None:
         raise ValueError(f"unknown time zone {tz!r}") from None
 
 
+@lru_cache(maxsize=256)
+def _parsed(expr: str) -> croniter:
+    return croniter(expr)
+
+
+def _iterator(expr: str, start: datetime) -> croniter:
+    """A croniter at `start`, copied from a cached parse (parsing costs more than iterating)."""
+    it = copy.copy(_parsed(expr))
+    it.set_current(start, force=True)
+    return it
+
+
 def fires(expr: str, tz: str, *, after: datetime, until: datetime | None = None) -> Iterator[datetime]:
     """The fire times of `expr` in zone `tz` strictly after `after` (and at or before `until`), in UTC."""
-    it = croniter(expr, after.astimezone(ZoneInfo(tz)))
+    it = _iterator(expr, after.astimezone(ZoneInfo(tz)))
     while True:
         at: datetime = it.get_next(datetime).astimezone(UTC)
         if until is not None and at > until:
@@ -49,7 +63,7 @@ def latest_fire(expr: str, tz: str, *, now: datetime) -> datetime:
     now = now.astimezone(UTC).replace(second=0, microsecond=0)
     # Two steps back give a point safely before the latest fire even where get_prev errs by one
     # fire across a fold or lands in a gap; then the forward sequence decides.
-    back = croniter(expr, now.astimezone(ZoneInfo(tz)) + timedelta(seconds=1))
+    back = _iterator(expr, now.astimezone(ZoneInfo(tz)) + timedelta(seconds=1))
     back.get_prev(datetime)
     anchor: datetime = back.get_prev(datetime).astimezone(UTC) - timedelta(minutes=1)
     latest = None

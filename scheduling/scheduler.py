@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from itertools import chain
 from typing import Any, Literal, Protocol
 
 from actors.dispatch import DispatchError
@@ -85,6 +86,8 @@ class Scheduler:
         self.retry = timedelta(seconds=retry_s)
         #: job -> the latest slot handled (dispatched, found a duplicate, or recorded missed).
         self._handled: dict[str, datetime] = {}
+        #: job -> (its next fire time, the croniter iteration that continues after it).
+        self._cursors: dict[str, tuple[datetime, Iterator[datetime]]] = {}
 
     def tick(self, now: datetime) -> list[Fired]:
         """Settle every job's due slots as of `now`."""
@@ -92,19 +95,18 @@ class Scheduler:
 
     def is_due(self, spec: JobSpec, now: datetime) -> bool:
         """Whether `spec` has a slot at or before `now` that this scheduler has not handled."""
-        assert spec.cron is not None
-        handled = self._handled.get(spec.name)
-        if handled is None:
-            return True
-        return cron.next_fire(spec.cron, spec.tz, after=handled) <= _utc(now)
+        return self._upcoming(spec) <= _utc(now)
 
     def next_wake(self, spec: JobSpec, now: datetime) -> datetime:
         """When `spec` next needs the scheduler: its next fire time, or soon if a slot is still owed."""
-        assert spec.cron is not None
         now = _utc(now)
-        if self.is_due(spec, now):
-            return now + self.retry
-        return cron.next_fire(spec.cron, spec.tz, after=now)
+        upcoming = self._upcoming(spec)
+        return now + self.retry if upcoming <= now else upcoming
+
+    def _upcoming(self, spec: JobSpec) -> datetime:
+        """The job's first slot not yet handled, as far as known (the epoch before its first tick)."""
+        cursor = self._cursors.get(spec.name)
+        return cursor[0] if cursor is not None else _EPOCH
 
     def fire(self, spec: JobSpec, now: datetime) -> list[Fired]:
         """Settle the due slots of one job as of `now`, oldest first; stop at the first failure."""
@@ -114,10 +116,13 @@ class Scheduler:
         if handled is None:
             return []
         window_start = now - timedelta(milliseconds=spec.missed_window_ms)
-        after = max(handled, window_start - timedelta(minutes=1))
         due: deque[datetime] = deque(maxlen=self.max_missed_slots + 1)
         total = 0
-        for slot in cron.fires(spec.cron, spec.tz, after=after, until=now):
+        slots = self._slots(spec, after=max(handled, window_start - timedelta(minutes=1)))
+        for slot in slots:
+            if slot > now:
+                self._cursors[spec.name] = (slot, slots)
+                break
             due.append(slot)
             total += 1
         if total > len(due):
@@ -133,9 +138,18 @@ class Scheduler:
             fired = self._settle(spec, slot, run=run, now=now)
             out.append(fired)
             if fired.action == "failed":
-                break
+                self._cursors.pop(spec.name, None)
+                return out
             self._handled[spec.name] = slot
         return out
+
+    def _slots(self, spec: JobSpec, *, after: datetime) -> Iterator[datetime]:
+        """Fire times after `after`, continuing the job's open croniter iteration when it starts there."""
+        assert spec.cron is not None
+        cursor = self._cursors.pop(spec.name, None)
+        if cursor is not None and self._handled.get(spec.name) == after and cursor[0] > after:
+            return chain([cursor[0]], cursor[1])
+        return cron.fires(spec.cron, spec.tz, after=after)
 
     def _start(self, spec: JobSpec, now: datetime) -> datetime | None:
         """The last slot handled; on first use, the job's latest slot on the ledger within its window."""
@@ -179,6 +193,9 @@ class Scheduler:
         except (DispatchError, StoreError) as e:
             logger.error("Job %r slot %s: %s; trying again shortly.", spec.name, slot.isoformat(), e)
             return Fired(spec.name, slot, "failed", str(e))
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _utc(value: datetime) -> datetime:
