@@ -7,12 +7,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from conftest import Workers, wait_for
 from sqlalchemy import text
 
 from domain.runs import RunStatus
 from offload.wiring import Runtime
 from scheduling.scheduler import Scheduler
+from tests.support.procs import Workers, wait_for
 
 BERLIN = ZoneInfo("Europe/Berlin")
 
