@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable
 from typing import Any
 
 import click
@@ -47,7 +46,7 @@ class Ctx:
         return self._runtime
 
 
-pass_ctx: Callable[[Callable[..., Any]], Callable[..., Any]] = click.make_pass_decorator(Ctx, ensure=True)
+pass_ctx = click.make_pass_decorator(Ctx, ensure=True)
 
 
 @click.group()
@@ -85,7 +84,7 @@ def jobs(ctx: Ctx) -> None:
     """List the registered jobs."""
     from domain.registry import JOBS
 
-    for spec in JOBS:
+    for spec in ctx.settings.scheduled(JOBS):
         flag = "inline" if (ctx.settings.inline or spec.name in ctx.settings.inline_jobs) else "queue"
         click.echo(
             f"{spec.name:32} {spec.cron or '-':14} {spec.tz:16} cap={spec.concurrency_cap} "

@@ -13,24 +13,30 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import IO
+from typing import IO, Any
 
 import click
 
-from offload.cli import Ctx, cli, pass_ctx, require_broker
+
+def _ctx(click_ctx: click.Context) -> Any:
+    from offload.cli import Ctx
+
+    return click_ctx.ensure_object(Ctx)
 
 
 @click.command()
-@pass_ctx
-def scheduler(ctx: Ctx) -> None:
+@click.pass_context
+def scheduler(click_ctx: click.Context) -> None:
     """Fire every job at its cron expression, in its own time zone, through the dispatch API.
 
     Runs until SIGINT or SIGTERM. Any number may run at once: a slot dispatched twice runs once.
     """
+    from offload.cli import require_broker
     from scheduling import periodic
     from scheduling.scheduler import Scheduler
     from store import db as store_db
 
+    ctx = _ctx(click_ctx)
     settings = ctx.settings
     require_broker(settings)
     runtime = ctx.runtime
@@ -50,11 +56,13 @@ def scheduler(ctx: Ctx) -> None:
 
 @click.command()
 @click.option("--no-web", is_flag=True, help="Do not start the web server.")
-@pass_ctx
-def dev(ctx: Ctx, no_web: bool) -> None:
+@click.pass_context
+def dev(click_ctx: click.Context, no_web: bool) -> None:
     """Run web, worker and scheduler together, restart any that crashes, stop all on Ctrl-C."""
+    from offload.cli import require_broker
     from store import db as store_db
 
+    ctx = _ctx(click_ctx)
     settings = ctx.settings
     require_broker(settings)
     store_db.upgrade(ctx.runtime.engine)
@@ -62,7 +70,8 @@ def dev(ctx: Ctx, no_web: bool) -> None:
     base = [sys.executable, "-m", "offload"]
     if logging.getLogger().level <= logging.INFO:
         base.append("-v")
-    children = [(name, [*base, name]) for name in ("web", "worker", "scheduler") if name in cli.commands]
+    commands = getattr(click_ctx.find_root().command, "commands", {})
+    children = [(name, [*base, name]) for name in ("web", "worker", "scheduler") if name in commands]
     if no_web:
         children = [c for c in children if c[0] != "web"]
     sys.exit(Supervisor(children).run())
