@@ -190,6 +190,21 @@ class Dispatcher:
             replay_of=run.id,
         )
 
+    def miss(self, job: str, *, slot: datetime, detail: str) -> Dispatch:
+        """Record that `job` did not run in `slot` (status `missed`); a slot already on the ledger is kept.
+
+        Raises UnknownJob, and StoreError when the ledger cannot be written.
+        """
+        spec = self.registry[job]
+        mode = Mode.INLINE if self.is_inline(job) else Mode.QUEUE
+        new = self.new_run(
+            spec, params={}, trigger=Trigger.SCHEDULE, mode=mode, correlation_id=None, slot=slot
+        )
+        run, recorded = self.ledger.record_missed(new, detail=detail)
+        if recorded:
+            logger.info("Recorded %r as missed: %s", new.dispatch_key, detail)
+        return _answer(mode, run, duplicate=not recorded)
+
     def publish(self, spec: JobSpec, run: RunView) -> None:
         """Send the run's message; on failure mark the run `failed` and raise PublishFailed."""
         actor = self.actors[spec.name]

@@ -6,11 +6,10 @@ import hashlib
 import json
 import uuid
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
-from zoneinfo import ZoneInfo
 
-from croniter import croniter
+from domain.cron import latest_fire
 
 _NAMESPACE = uuid.UUID("6f1d2a4e-5b0c-4c1e-9a57-0ff10ad0f10a")
 
@@ -23,12 +22,7 @@ def params_hash(params: Mapping[str, Any]) -> str:
 
 def schedule_slot(cron: str, tz: str, now: datetime) -> datetime:
     """The latest fire time of `cron` in zone `tz` at or before `now`, returned in UTC."""
-    local = now.astimezone(ZoneInfo(tz)).replace(second=0, microsecond=0)
-    if croniter.match(cron, local):
-        return local.astimezone(UTC)
-    # croniter steps back from a point strictly after the minute we want to include.
-    prev: datetime = croniter(cron, local + timedelta(seconds=1)).get_prev(datetime)
-    return prev.astimezone(UTC)
+    return latest_fire(cron, tz, now=now)
 
 
 def dispatch_key(job: str, slot: datetime | None, params: Mapping[str, Any]) -> str:

@@ -102,6 +102,22 @@ class UnitOfWork(Protocol):
     def rollback(self) -> None: ...
 
 
+class Housekeeping(Protocol):
+    """Upkeep of the ledger itself: the reaper and retention. Each call does at most `limit` rows."""
+
+    def reap(self, *, limit: int) -> int:
+        """Mark `running` runs whose lease expired as `lost`; returns how many."""
+        ...
+
+    def purge_runs(self, *, finished_before: datetime, limit: int) -> int:
+        """Delete runs that ended before `finished_before`, with their events; returns how many runs."""
+        ...
+
+    def purge_run_events(self, *, before: datetime, limit: int) -> int:
+        """Delete run events recorded before `before`; returns how many."""
+        ...
+
+
 #: A background-job handler: does the work of one row; raising TransientError retries it later.
 Handler = Callable[[UnitOfWork, Mapping[str, Any]], None]
 
@@ -115,3 +131,7 @@ class Ports:
     webhook_handlers: Mapping[str, Callable[..., None]] = field(default_factory=dict)
     #: re-queues stored webhook events (the sweeper); None until the composition root binds it.
     drain_queue: DrainQueue | None = None
+    #: the ledger's upkeep (reaper, retention); the composition root supplies the store's.
+    housekeeping: Housekeeping | None = None
+    ledger_retention_days: float = 30.0
+    run_event_retention_days: float = 30.0

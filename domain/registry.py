@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
-from croniter import croniter
-
-from domain import background_jobs, webhook_drain
+from domain import background_jobs, cron, housekeeping, webhook_drain
 from domain.context import JobFn
 from domain.errors import UnknownJob
 
@@ -30,7 +28,9 @@ class JobSpec:
       max_retries, min_backoff_ms, max_backoff_ms: Dramatiq retries with exponential backoff.
       time_limit_ms: a run longer than this is interrupted; also bounds its dedup lease.
       max_wait_ms: the longest a message may wait for a free slot before it is dead-lettered.
-      missed: what the scheduler does with slots that were not run when due.
+      missed: what the scheduler does with slots that were not run when due: record them `missed`
+        (`skip`), run the latest due slot once (`catch-up-latest`) or run each (`catch-up-each`).
+      missed_window_ms: how far back the scheduler looks for slots it did not handle.
     """
 
     name: str
@@ -47,6 +47,7 @@ class JobSpec:
     time_limit_ms: int = 600_000
     max_wait_ms: int = 3_600_000
     missed: Missed = "skip"
+    missed_window_ms: int = 86_400_000
 
     @property
     def queue(self) -> str:
@@ -54,8 +55,11 @@ class JobSpec:
         return f"offload.{self.name}"
 
     def __post_init__(self) -> None:
-        if self.cron is not None and not croniter.is_valid(self.cron):
-            raise ValueError(f"job {self.name!r}: invalid cron expression {self.cron!r}")
+        if self.cron is not None:
+            try:
+                cron.check(self.cron, self.tz)
+            except ValueError as e:
+                raise ValueError(f"job {self.name!r}: {e}") from None
         if self.concurrency_cap < 1:
             raise ValueError(f"job {self.name!r}: concurrency_cap must be >= 1")
 
@@ -92,6 +96,19 @@ class Registry:
     def extended(self, specs: Iterable[JobSpec]) -> Registry:
         return Registry([*self._specs.values(), *specs])
 
+    def rescheduled(self, crons: Mapping[str, str | None]) -> Registry:
+        """A copy where the named jobs fire at the given cron expressions (None: never scheduled).
+
+        Raises ValueError naming the job for an unknown job or an invalid expression.
+        """
+        for name in crons:
+            if name not in self._specs:
+                raise ValueError(f"unknown job {name!r}; known: {', '.join(self._specs)}")
+        return Registry(
+            replace(spec, cron=crons[spec.name]) if spec.name in crons else spec
+            for spec in self._specs.values()
+        )
+
 
 JOBS = Registry(
     [
@@ -123,6 +140,27 @@ JOBS = Registry(
             description="Queue again the stored webhook events that no drain message carries.",
             cron="* * * * *",
             concurrency_cap=1,
+            overlap="skip",
+            max_retries=2,
+            time_limit_ms=120_000,
+        ),
+        JobSpec(
+            name="reap-leases",
+            run=housekeeping.reap_expired_leases,
+            actor_name="reap_expired_leases",
+            description="Mark `running` runs whose lease expired (their worker died) as `lost`.",
+            cron="* * * * *",
+            overlap="skip",
+            max_retries=0,
+            time_limit_ms=60_000,
+            max_wait_ms=60_000,
+        ),
+        JobSpec(
+            name="ledger-retention",
+            run=housekeeping.purge_ledger,
+            actor_name="purge_old_runs",
+            description="Delete finished ledger rows and run events older than the retention days.",
+            cron="17 * * * *",
             overlap="skip",
             max_retries=2,
             time_limit_ms=120_000,

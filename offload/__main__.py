@@ -1,4 +1,4 @@
-"""`python -m offload ...` is the `offload` command."""
+"""`python -m offload ...`: the same command line as the `offload` script."""
 
 from offload.cli import main
 

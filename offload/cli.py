@@ -34,6 +34,7 @@ class Ctx:
 
             self._settings = Settings.load()
             self._settings.check_jobs(JOBS.names)
+            self._settings.scheduled(JOBS)
         return self._settings
 
     @property
@@ -83,7 +84,7 @@ def jobs(ctx: Ctx) -> None:
     """List the registered jobs."""
     from domain.registry import JOBS
 
-    for spec in JOBS:
+    for spec in ctx.settings.scheduled(JOBS):
         flag = "inline" if (ctx.settings.inline or spec.name in ctx.settings.inline_jobs) else "queue"
         click.echo(
             f"{spec.name:32} {spec.cron or '-':14} {spec.tz:16} cap={spec.concurrency_cap} "
@@ -268,11 +269,14 @@ def _register() -> None:
     """Commands whose bodies live in their own modules."""
     from offload.bench import bench
     from offload.bench_ingress import ingress as bench_ingress
+    from offload.processes import dev, scheduler
     from offload.web import web
 
     cli.add_command(web)
     cli.add_command(bench)
     bench.add_command(bench_ingress)
+    cli.add_command(scheduler)
+    cli.add_command(dev)
 
 
 _register()

@@ -9,6 +9,9 @@ from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import SettingsError as PydanticSettingsError
+
+from domain.registry import Registry
 
 MIN_SECRET_CHARS = 16
 
@@ -44,6 +47,13 @@ class Settings(BaseSettings):
     web_host: str = "127.0.0.1"
     web_port: int = Field(8000, ge=0, le=65535)
     web_threads: int = Field(8, ge=1)
+
+    # -- scheduling (offload scheduler) --
+    #: job -> cron expression (or null: never scheduled), as JSON, overriding the registry's.
+    schedules: dict[str, str | None] = Field(default_factory=dict)
+    scheduler_grace_s: float = Field(60.0, gt=0)
+    ledger_retention_days: float = Field(30.0, gt=0)
+    run_event_retention_days: float = Field(30.0, gt=0)
 
     @field_validator("inline_jobs", "webhook_inline_types", mode="before")
     @classmethod
@@ -117,11 +127,20 @@ class Settings(BaseSettings):
                 f"known: {', '.join(KNOWN_TYPES)}"
             )
 
+    def scheduled(self, registry: Registry) -> Registry:
+        """`registry` with OFFLOAD_SCHEDULES applied; SettingsError names a bad job or expression."""
+        try:
+            return registry.rescheduled(self.schedules)
+        except ValueError as e:
+            raise SettingsError(f"OFFLOAD_SCHEDULES: {e}") from None
+
     @classmethod
     def load(cls) -> Settings:
         """Read the environment; raise SettingsError with one line for the first bad value."""
         try:
             return cls()
+        except PydanticSettingsError as e:
+            raise SettingsError(str(e).splitlines()[0]) from None
         except ValidationError as e:
             err = e.errors()[0]
             field = str(err["loc"][0]).upper() if err["loc"] else "?"

@@ -53,15 +53,24 @@ class Runtime:
 
 def build(settings: Settings, *, registry: Registry = JOBS, ports: Ports | None = None) -> Runtime:
     settings.check_jobs(registry.names)
+    registry = settings.scheduled(registry)
     engine = db.make_engine(settings.database_url, pool_size=max(5, settings.worker_threads + 2))
     sessions = db.make_sessions(engine)
     ledger = SqlLedger(engine)
     leases = SqlLeases(engine)
+    ports = ports or default_ports()
+    if ports.housekeeping is None:
+        ports = replace(
+            ports,
+            housekeeping=ledger,
+            ledger_retention_days=settings.ledger_retention_days,
+            run_event_retention_days=settings.run_event_retention_days,
+        )
     runner = JobRunner(
         ledger=ledger,
         leases=leases,
         uow=lambda: SqlUnitOfWork(sessions),
-        ports=ports or default_ports(),
+        ports=ports,
         lease_grace_s=settings.lease_grace_s,
     )
     broker = make_broker(url=settings.broker_url, ledger=ledger, leases=leases)

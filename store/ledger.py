@@ -8,11 +8,11 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, cast
 
-from sqlalchemy import Engine, Row, Table, bindparam, func, insert, select, update
+from sqlalchemy import Engine, Row, Table, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from domain.runs import CLAIMABLE, REOPENABLE, RunStatus
+from domain.runs import CLAIMABLE, FINAL, REOPENABLE, RunStatus
 from store.db import make_sessions, translate_errors
 from store.errors import LeaseLost
 from store.models import Run, RunEvent
@@ -355,6 +355,66 @@ class SqlLedger:
             s.commit()
             return len(rows)
 
+    def record_missed(self, new: NewRun, *, detail: str) -> tuple[RunView, bool]:
+        """Record a slot nobody ran as `missed`; a key already on the ledger keeps its row (returns False)."""
+        now = self._clock()
+        with translate_errors(), self._sessions() as s:
+            try:
+                with s.begin_nested():
+                    row = _insert(s, new, now, status=RunStatus.MISSED, detail=detail)
+                s.commit()
+                return RunView.of(row), True
+            except IntegrityError:
+                s.rollback()
+                existing = s.scalars(select(Run).where(Run.dispatch_key == new.dispatch_key)).one()
+                return RunView.of(existing), False
+
+    def latest_slots(self, *, jobs: Sequence[str], since: datetime) -> Mapping[str, datetime]:
+        """The latest slot on the ledger of each of `jobs`, among slots at or after `since`."""
+        query = (
+            select(Run.job, func.max(Run.slot))
+            .where(Run.job.in_(list(jobs)), Run.slot >= since)
+            .group_by(Run.job)
+        )
+        with translate_errors(), self._sessions() as s:
+            return {job: _utc(slot) for job, slot in s.execute(query) if slot is not None}
+
+    def purge_runs(self, *, finished_before: datetime, limit: int) -> int:
+        """Delete up to `limit` ended runs finished before `finished_before`, with their events.
+
+        A run that a replay points at (`replay_of`) stays until the replay itself goes.
+        """
+        replayed = select(Run.replay_of).where(Run.replay_of.is_not(None))
+        with translate_errors(), self._sessions() as s:
+            ids = list(
+                s.scalars(
+                    select(Run.id)
+                    .where(
+                        Run.status.in_([str(status) for status in FINAL]),
+                        Run.finished_at < finished_before,
+                        Run.id.not_in(replayed),
+                    )
+                    .order_by(Run.id)
+                    .limit(limit)
+                )
+            )
+            if ids:
+                s.execute(delete(RunEvent).where(RunEvent.run_id.in_(ids)))
+                s.execute(delete(Run).where(Run.id.in_(ids)))
+            s.commit()
+            return len(ids)
+
+    def purge_run_events(self, *, before: datetime, limit: int) -> int:
+        """Delete up to `limit` run events recorded before `before`, oldest first."""
+        with translate_errors(), self._sessions() as s:
+            ids = list(
+                s.scalars(select(RunEvent.id).where(RunEvent.at < before).order_by(RunEvent.id).limit(limit))
+            )
+            if ids:
+                s.execute(delete(RunEvent).where(RunEvent.id.in_(ids)))
+            s.commit()
+            return len(ids)
+
     # -- reading -------------------------------------------------------------------------------
 
     def get(self, key: str) -> RunView | None:
@@ -403,6 +463,11 @@ class SqlLedger:
             return {(job, status): n for job, status, n in rows}
 
 
+def _utc(value: datetime) -> datetime:
+    # Aggregates bypass the column type, so SQLite hands back naive UTC datetimes.
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
 def _new_row(new: NewRun, now: datetime) -> dict[str, Any]:
     return {
         "job": new.job,
@@ -434,11 +499,18 @@ def _event_row(row: Row[Any], now: datetime) -> dict[str, Any]:
     }
 
 
-def _insert(s: Session, new: NewRun, now: datetime) -> Run:
-    row = Run(**_new_row(new, now))
+def _insert(
+    s: Session,
+    new: NewRun,
+    now: datetime,
+    *,
+    status: RunStatus = RunStatus.QUEUED,
+    detail: str | None = None,
+) -> Run:
+    row = Run(**{**_new_row(new, now), "status": status, "finished_at": now if status in FINAL else None})
     s.add(row)
     s.flush()
-    _event(s, row, now)
+    _event(s, row, now, detail=detail)
     return row
 
 

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from offload.settings import Settings
 from offload.wiring import Runtime
-from tests.support.procs import ROOT, Workers, effects, env_for, wait_for
+from tests.support.procs import ROOT, Workers, clear_of_minute_boundary, effects, env_for, wait_for
 
 
 def cli_dispatch(settings: Settings, job: str) -> dict[str, object]:
@@ -28,6 +28,7 @@ def cli_dispatch(settings: Settings, job: str) -> dict[str, object]:
 def test_twenty_concurrent_dispatches_from_threads_and_cli_run_once(
     runtime: Runtime, settings: Settings, workers: Workers
 ) -> None:
+    clear_of_minute_boundary()
     with ThreadPoolExecutor(max_workers=12) as pool:
         from_cli = [pool.submit(cli_dispatch, settings, "background-jobs") for _ in range(4)]
         from_threads = list(

@@ -9,9 +9,9 @@ from typing import Any
 
 from sqlalchemy import text
 
-from domain.context import JobContext
+from domain.context import JobContext, JobFn
 from domain.errors import PermanentError
-from domain.registry import JOBS, JobSpec
+from domain.registry import JOBS, JobSpec, Missed
 from offload.wiring import default_ports
 
 EFFECTS_DDL = (
@@ -107,5 +107,40 @@ TEST_JOBS.append(
         time_limit_ms=20_000,
     )
 )
-TEST_REGISTRY = JOBS.extended(TEST_JOBS)
+
+
+def flaky(ctx: JobContext) -> Mapping[str, Any]:
+    """Fail the first attempt of each key (a marker file under OFFLOAD_TEST_FLAKY_DIR), then record."""
+    marker = os.path.join(os.environ["OFFLOAD_TEST_FLAKY_DIR"], ctx.key.replace(":", "_"))
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        raise RuntimeError(f"first attempt of {ctx.key} fails")
+    return record(ctx)
+
+
+def _scheduled(name: str, missed: Missed, *, run: JobFn = record, **options: Any) -> JobSpec:
+    return JobSpec(
+        name=name,
+        run=run,
+        actor_name=name.replace("-", "_"),
+        description=f"every 5 minutes in Berlin, missed slots: {missed}",
+        cron="*/5 * * * *",
+        tz="Europe/Berlin",
+        missed=missed,
+        max_retries=3,
+        min_backoff_ms=200,
+        max_backoff_ms=1000,
+        time_limit_ms=20_000,
+        **options,
+    )
+
+
+#: Scheduled jobs: one per missed-slot policy, and one whose first attempt fails.
+SCHEDULED_JOBS = [
+    _scheduled("test-every-5-skip", "skip"),
+    _scheduled("test-every-5-latest", "catch-up-latest"),
+    _scheduled("test-every-5-each", "catch-up-each"),
+    _scheduled("test-every-5-flaky", "skip", run=flaky),
+]
+TEST_REGISTRY = JOBS.extended([*TEST_JOBS, *SCHEDULED_JOBS])
 TEST_PORTS = default_ports()

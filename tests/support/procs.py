@@ -88,6 +88,16 @@ def effects(runtime: Runtime, key: str) -> int:
         return int(conn.execute(q, {"k": key}).scalar_one())
 
 
+def clear_of_minute_boundary(margin_s: float = 15.0) -> None:
+    """Sleep into the next minute if fewer than `margin_s` seconds are left in this one.
+
+    For tests whose triggers must all fall into one every-minute slot.
+    """
+    left = 60 - time.time() % 60
+    if left < margin_s:
+        time.sleep(left + 0.5)
+
+
 def wait_for(
     predicate: Callable[[], Any], *, timeout_s: float = 30.0, every_s: float = 0.1, what: str = ""
 ) -> Any:

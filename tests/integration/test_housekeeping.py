@@ -1,0 +1,84 @@
+"""Housekeeping jobs: the reaper of expired leases and ledger retention, bounded per run."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import func, select
+
+from domain.runs import RunStatus
+from offload.wiring import Runtime
+from store.ledger import NewRun, SqlLedger, Worker
+from store.models import Run, RunEvent
+
+
+def new_run(key: str, *, replay_of: int | None = None) -> NewRun:
+    return NewRun(
+        job="test-record",
+        dispatch_key=key,
+        message_id=key,
+        correlation_id=key,
+        trigger="cli",
+        mode="queue",
+        slot=None,
+        params={},
+        replay_of=replay_of,
+    )
+
+
+def at(runtime: Runtime, when: datetime) -> SqlLedger:
+    """The runtime's ledger as seen at `when`."""
+    return SqlLedger(runtime.engine, clock=lambda: when)
+
+
+def count(runtime: Runtime, model: type[Run] | type[RunEvent]) -> int:
+    with runtime.uow() as uow:
+        return int(uow.session.scalar(select(func.count()).select_from(model)) or 0)
+
+
+def test_reaper_job_marks_runs_whose_lease_expired_lost(runtime: Runtime) -> None:
+    long_ago = datetime.now(UTC) - timedelta(hours=1)
+    old = at(runtime, long_ago)
+    old.record_dispatch(new_run("dead-holder"))
+    old.claim(new_run("dead-holder"), lease_s=60, worker=Worker("gone", 1), max_attempts=5)
+    runtime.ledger.record_dispatch(new_run("live-holder"))
+    runtime.ledger.claim(new_run("live-holder"), lease_s=600, worker=Worker("here", 2), max_attempts=5)
+
+    d = runtime.dispatcher.dispatch("reap-leases", trigger="cli", inline=True)
+
+    assert d.result == {"reaped": 1, "has_more": False}
+    assert d.status == RunStatus.SUCCEEDED
+    assert runtime.ledger.get("dead-holder").status == RunStatus.LOST  # type: ignore[union-attr]
+    assert runtime.ledger.get("live-holder").status == RunStatus.RUNNING  # type: ignore[union-attr]
+
+
+def test_retention_deletes_old_ended_runs_and_events_a_batch_at_a_time(runtime: Runtime) -> None:
+    old = at(runtime, datetime.now(UTC) - timedelta(days=45))
+    for i in range(5):
+        old.record_dispatch(new_run(f"old-{i}"))
+        old.finish(f"old-{i}", RunStatus.FAILED, token=None, detail="boom")
+    old.record_dispatch(new_run("old-still-queued"))
+    replayed = old.get("old-0")
+    assert replayed is not None
+    runtime.ledger.record_dispatch(new_run("replay-of-old-0", replay_of=replayed.id))
+    runtime.ledger.record_dispatch(new_run("recent"))
+    runtime.ledger.finish("recent", RunStatus.FAILED, token=None, detail="boom")
+
+    first = runtime.dispatcher.dispatch(
+        "ledger-retention", trigger="cli", inline=True, params={"batch_size": 3}
+    )
+    assert first.result is not None and first.result["runs"] == 3 and first.result["has_more"] is True
+    second = runtime.dispatcher.dispatch(
+        "ledger-retention", trigger="cli", inline=True, params={"batch_size": 3, "again": 1}
+    )
+    assert second.result is not None and second.result["runs"] == 1
+
+    left = {r.dispatch_key for r in runtime.ledger.runs(limit=100)}
+    # Kept: a run still queued, a run a replay points at, recent runs and the retention runs themselves.
+    assert {"old-still-queued", "old-0", "replay-of-old-0", "recent"} <= left
+    assert not {f"old-{i}" for i in range(1, 5)} & left
+    with runtime.uow() as uow:
+        orphans = uow.session.scalar(
+            select(func.count()).select_from(RunEvent).where(RunEvent.run_id.not_in(select(Run.id)))
+        )
+    assert orphans == 0

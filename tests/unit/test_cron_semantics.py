@@ -1,0 +1,258 @@
+"""The scheduler fires at exactly croniter's minutes, in the job's zone, over a whole year.
+
+periodiq's own loop (its `schedule()`, with a fake clock in place of pendulum.now, sleep and alarm)
+drives the Scheduler here, so the minutes compared are the ones the `offload scheduler` process
+would dispatch. The reference is croniter's forward iteration, computed independently in the test.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pendulum
+import periodiq
+import pytest
+from croniter import croniter
+
+from domain import keys
+from domain.context import JobContext
+from domain.registry import JOBS, JobSpec, Registry
+from scheduling.periodic import Loop
+from scheduling.scheduler import Scheduler
+
+ZONES = ("UTC", "America/New_York", "Europe/Berlin")
+YEAR = 2025  # DST: US Mar 9 / Nov 2, EU Mar 30 / Oct 26; not a leap year
+
+#: Every day-of-week form (numbers with 0 and 7 for Sunday, ranges, lists, steps, names, nth
+#: weekday), month names, the @aliases, the DOM/DOW OR rule, and times inside DST gaps and folds.
+EXPRESSIONS = [
+    "0 0 * * 0",
+    "0 0 * * 7",
+    "0 0 * * sun",
+    "0 0 * * SUN",
+    "30 8 * * 1",
+    "30 8 * * mon",
+    "0 9 * * 1-5",
+    "0 9 * * mon-fri",
+    "0 9 * * MON-FRI",
+    "0 10 * * 1,3,5",
+    "0 10 * * mon,wed,fri",
+    "0 11 * * sat,sun",
+    "0 11 * * 6,0",
+    "0 12 * * 5-7",
+    "0 12 * * */2",
+    "0 13 * * 1-5/2",
+    "0 14 * * 5#2",
+    "0 7 * * tue",
+    "@weekly",
+    "@daily",
+    "@midnight",
+    "@hourly",
+    "@monthly",
+    "@yearly",
+    "@annually",
+    "0 0 1 * *",
+    "0 0 15 * *",
+    "0 0 31 * *",
+    "0 0 L * *",
+    "0 12 29 2 *",
+    "0 0 1-7 * *",
+    "0 6 */10 * *",
+    "0 9 1 * mon",
+    "0 0 13 * 5",
+    "0 12 1-7 * 1",
+    "0 8 * jan mon",
+    "0 8 1 jan-mar *",
+    "0 8 1 */3 *",
+    "59 23 31 dec *",
+    "30 2 * * *",
+    "30 1 * * *",
+    "0 2 * * *",
+    "0 3 * * *",
+    "*/20 1-3 * * 0",
+    "*/15 2 * * sun",
+    "0 6,18 * * *",
+    "5,35 */6 * * *",
+    "0 0-23/5 * * *",
+    "15 */2 * * 6",
+]
+
+
+def croniter_minutes(expr: str, tz: str) -> list[datetime]:
+    """croniter's fire times within the local calendar year, in UTC: the reference."""
+    zone = ZoneInfo(tz)
+    start = datetime(YEAR, 1, 1, tzinfo=zone) - timedelta(minutes=1)
+    end = datetime(YEAR + 1, 1, 1, tzinfo=zone)
+    it = croniter(expr, start)
+    out = []
+    while (at := it.get_next(datetime)) < end:
+        out.append(at.astimezone(UTC))
+    return out
+
+
+@dataclass
+class Recorded:
+    duplicate: bool = False
+    status: str = "queued"
+
+
+class RecordingDispatcher:
+    def __init__(self) -> None:
+        self.dispatched: list[tuple[str, datetime]] = []
+        self.missed: list[tuple[str, datetime]] = []
+
+    def dispatch(self, job: str, *, trigger: str, slot: datetime | None = None) -> Recorded:
+        assert trigger == "schedule" and slot is not None
+        self.dispatched.append((job, slot))
+        return Recorded()
+
+    def miss(self, job: str, *, slot: datetime, detail: str) -> Recorded:
+        self.missed.append((job, slot))
+        return Recorded()
+
+
+class History:
+    def __init__(self, latest: Mapping[str, datetime]) -> None:
+        self.latest = latest
+
+    def latest_slots(self, *, jobs: Sequence[str], since: datetime) -> Mapping[str, datetime]:
+        return {job: at for job, at in self.latest.items() if job in jobs}
+
+
+class FakeClock:
+    """Stands in for periodiq's pendulum.now, sleep, alarm and signal."""
+
+    def __init__(self, start: datetime) -> None:
+        self.now = start
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+    def patch(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        clock = self
+
+        class FakePendulum:
+            @staticmethod
+            def now() -> Any:
+                return pendulum.instance(clock.now)
+
+        monkeypatch.setattr(periodiq, "pendulum", FakePendulum)
+        monkeypatch.setattr(periodiq, "sleep", self.advance)
+        monkeypatch.setattr(periodiq, "alarm", self.advance)
+        monkeypatch.setattr(periodiq, "signal", lambda *a: None)
+
+
+def _noop(ctx: JobContext) -> Mapping[str, Any]:
+    return {}
+
+
+def periodiq_minutes(
+    exprs: Sequence[tuple[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[str, str, list[datetime], list[datetime]]]:
+    """Run periodiq's loop over the year for one job per (expr, tz); yield what each dispatched."""
+    for expr, tz in exprs:
+        spec = JobSpec(name="j", run=_noop, actor_name="j", description="", cron=expr, tz=tz)
+        start = datetime(YEAR, 1, 1, tzinfo=ZoneInfo(tz)).astimezone(UTC)
+        end = datetime(YEAR + 1, 1, 1, tzinfo=ZoneInfo(tz)).astimezone(UTC)
+        dispatcher = RecordingDispatcher()
+        scheduler = Scheduler(
+            registry=Registry([spec]),
+            dispatcher=dispatcher,
+            history=History({"j": start - timedelta(minutes=1)}),
+        )
+        clock = FakeClock(start - timedelta(seconds=0.4))
+        clock.patch(monkeypatch)
+        loop = Loop(scheduler)
+        while clock.now < end:
+            loop.schedule()
+        fired = [slot for _, slot in dispatcher.dispatched if slot < end]
+        yield expr, tz, fired, [slot for _, slot in dispatcher.missed]
+
+
+def test_the_table_covers_at_least_forty_expressions_in_three_zones() -> None:
+    assert len(set(EXPRESSIONS)) == len(EXPRESSIONS) >= 40
+    assert any(croniter_minutes(e, "Europe/Berlin") for e in EXPRESSIONS)
+
+
+def test_scheduler_fires_at_croniter_minutes_over_a_year_in_utc_and_dst_zones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    started = time.monotonic()
+    combos = [(expr, tz) for tz in ZONES for expr in EXPRESSIONS]
+    compared = 0
+    for expr, tz, fired, missed in periodiq_minutes(combos, monkeypatch):
+        reference = croniter_minutes(expr, tz)
+        assert fired == reference, f"{expr!r} in {tz}: first difference " + _first_difference(
+            fired, reference
+        )
+        assert missed == []
+        compared += len(reference)
+    assert compared > 20_000
+    assert time.monotonic() - started < 60
+
+
+def test_http_slot_of_every_minute_is_the_latest_croniter_fire_at_or_before_it() -> None:
+    """An HTTP trigger keys on schedule_slot: it must name the slot the scheduler fires.
+
+    schedule_slot is a step function; checking each step's first and last minute checks them all.
+    """
+    for tz in ZONES:
+        for expr in EXPRESSIONS:
+            fires = croniter_minutes(expr, tz)
+            step = max(1, len(fires) // 40)
+            for i, (before, after) in enumerate(itertools.pairwise(fires)):
+                if i % step and not _near_dst(before):
+                    continue
+                assert keys.schedule_slot(expr, tz, before) == before, (expr, tz, before)
+                last_minute = after - timedelta(minutes=1)
+                assert keys.schedule_slot(expr, tz, last_minute + timedelta(seconds=59)) == before, (
+                    expr,
+                    tz,
+                    last_minute,
+                )
+
+
+def test_registry_jobs_fire_at_croniter_minutes_in_their_own_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    combos = [(spec.cron, spec.tz) for spec in JOBS if spec.cron is not None and "* * * *" not in spec.cron]
+    for expr, tz, fired, _ in periodiq_minutes(combos, monkeypatch):
+        assert fired == croniter_minutes(expr, tz), (expr, tz)
+
+
+def test_periodiq_own_cron_parser_deviates_so_offload_does_not_use_it() -> None:
+    """periodiq matches day-of-week 0 against isoweekday (Sunday is 7), and rejects month names."""
+    sunday = pendulum.datetime(YEAR, 1, 5, 0, 0, tz="UTC")
+    assert croniter.match("@weekly", sunday)
+    assert not periodiq.cron("@weekly").validate(sunday)
+    assert not periodiq.cron("0 0 * * sun").validate(sunday)
+    with pytest.raises(ValueError):
+        periodiq.cron("0 8 * jan mon")
+
+
+_DST_DAYS = {
+    (3, 9),
+    (3, 10),
+    (11, 2),
+    (11, 3),
+    (3, 30),
+    (3, 31),
+    (10, 26),
+    (10, 27),
+}
+
+
+def _near_dst(at: datetime) -> bool:
+    """On or the day before a DST change day (UTC dates around the US and EU changes)."""
+    return (at.month, at.day) in _DST_DAYS or (at.month, at.day + 1) in _DST_DAYS
+
+
+def _first_difference(got: list[datetime], want: list[datetime]) -> str:
+    for i, (a, b) in enumerate(zip(got, want, strict=False)):
+        if a != b:
+            return f"#{i}: scheduler {a.isoformat()} vs croniter {b.isoformat()}"
+    return f"lengths {len(got)} vs {len(want)}"
