@@ -215,3 +215,8 @@ def require_broker(settings: Settings) -> None:
             err=True,
         )
         sys.exit(2)
+
+
+from offload.demo import demo  # noqa: E402
+
+cli.add_command(demo)

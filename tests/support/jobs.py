@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import text
 
+from domain import followups
 from domain.context import JobContext
 from domain.registry import JOBS, JobSpec
 from offload.wiring import default_ports
@@ -90,5 +91,19 @@ TEST_JOBS = [
         time_limit_ms=4_000,
     ),
 ]
+TEST_JOBS.append(
+    JobSpec(
+        name="test-followups",
+        run=followups.run,
+        actor_name="send_due_followups_quickly",
+        description="the followups job with a short lease, so a crash test need not wait minutes",
+        concurrency_cap=1,
+        overlap="skip",
+        max_retries=3,
+        min_backoff_ms=200,
+        max_backoff_ms=1000,
+        time_limit_ms=4_000,
+    )
+)
 TEST_REGISTRY = JOBS.extended(TEST_JOBS)
 TEST_PORTS = default_ports()
