@@ -160,7 +160,7 @@ class SqlClients:
         column = _cursor_column(cursor)
         rows = self._s.scalars(
             select(ClientRow)
-            .where(or_(column.is_(None), column < done_before))
+            .where(or_(column.is_(None), column <= done_before))
             .order_by(column.nulls_first(), ClientRow.id)
             .limit(limit)
         ).all()
@@ -254,7 +254,7 @@ class SqlLeads:
             .where(
                 CampaignRow.active.is_(True),
                 LeadRow.status.in_(_SLOT_STATUSES),
-                or_(LeadSlotPushRow.checked_at.is_(None), LeadSlotPushRow.checked_at < checked_before),
+                or_(LeadSlotPushRow.checked_at.is_(None), LeadSlotPushRow.checked_at <= checked_before),
             )
             .order_by(LeadSlotPushRow.checked_at.nulls_first(), LeadRow.id)
             .limit(limit)

@@ -70,7 +70,7 @@ def open_store(url: str) -> Store:
 
 
 def snapshot(engine: Engine, *, ignore: Iterable[tuple[str, str]] = ()) -> dict[str, list[tuple[Any, ...]]]:
-    """Every row of every domain table, in primary-key order, times in UTC; `ignore` drops (table, column)s."""
+    """Every row of every domain table in primary-key order, times in UTC, minus `ignore` (table, column)s."""
     skip = set(ignore)
     out: dict[str, list[tuple[Any, ...]]] = {}
     with engine.connect() as conn:
