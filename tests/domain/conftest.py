@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime, time
+from typing import Any
 
 import pytest
 
+from domain.email_events import HANDLERS
 from domain.model import Client, SequenceStep
 from domain.model import Sequence as FollowupSequence
+from domain.webhooks import EmailWebhook
 from tests.support.domain_data import Store, open_store
 
 #: Friday 2026-03-06 10:00 EST: two days before New York springs forward.
@@ -56,3 +59,21 @@ def add_sequence(store: Store, client: Client, offsets: tuple[int, ...] = (2, 5)
         )
         u.commit()
     return seq
+
+
+def email_sent(email: str, at: datetime, msg_id: str, **lead: Any) -> EmailWebhook:
+    return EmailWebhook.model_validate(
+        {
+            "event": {"id": f"e-{msg_id}", "type": "EMAIL_SENT"},
+            "workspace_id": "ws-acme",
+            "lead": {"email": email, "first_name": email.split("@")[0].title(), **lead},
+            "message": {"id": msg_id, "thread_id": f"t-{msg_id}", "subject": "Hi", "at": at},
+        }
+    )
+
+
+def start_sequences(store: Store, *sends: tuple[str, datetime]) -> None:
+    for i, (email, at) in enumerate(sends):
+        with store.uow() as u:
+            HANDLERS["EMAIL_SENT"](u, email_sent(email, at, f"m{i}", time_zone="America/New_York"), at)
+            u.commit()

@@ -13,15 +13,13 @@ from sqlalchemy import func, select
 from domain.appointment_reconcile import reconcile_appointments
 from domain.availability import refresh_availability
 from domain.availability_slot import push_availability_slots
-from domain.email_events import HANDLERS
 from domain.errors import PermanentError, TransientError
 from domain.followups import send_due_followups
 from domain.model import AppointmentStatus, Client, Direction, Interval, LeadStatus, local_at
 from domain.ports import Booking, OutgoingEmail
 from domain.response_timing import record_response_times
-from domain.webhooks import EmailWebhook
 from store.models import AvailabilitySlotRow
-from tests.domain.conftest import NOW, add_client, add_sequence
+from tests.domain.conftest import NOW, add_client, add_sequence, start_sequences
 from tests.support.domain_data import Store
 
 NY = ZoneInfo("America/New_York")
@@ -152,24 +150,6 @@ def test_response_timing_is_bounded_by_batch_size(store: Store) -> None:
 
 
 # --- followups -----------------------------------------------------------------------------------
-
-
-def email_sent(email: str, at: datetime, msg_id: str, **lead: Any) -> EmailWebhook:
-    return EmailWebhook.model_validate(
-        {
-            "event": {"id": f"e-{msg_id}", "type": "EMAIL_SENT"},
-            "workspace_id": "ws-acme",
-            "lead": {"email": email, "first_name": email.split("@")[0].title(), **lead},
-            "message": {"id": msg_id, "thread_id": f"t-{msg_id}", "subject": "Hi", "at": at},
-        }
-    )
-
-
-def start_sequences(store: Store, *sends: tuple[str, datetime]) -> None:
-    for i, (email, at) in enumerate(sends):
-        with store.uow() as u:
-            HANDLERS["EMAIL_SENT"](u, email_sent(email, at, f"m{i}", time_zone="America/New_York"), at)
-            u.commit()
 
 
 class Recorder:
