@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -10,6 +12,7 @@ from sqlalchemy import inspect
 
 from store import db
 from store.models import Base
+from tests.services import Postgres
 from tests.support.domain_data import DOMAIN_TABLES
 
 
@@ -35,3 +38,17 @@ def test_0003_downgrades_to_0002_and_upgrades_again(database_url: str) -> None:
         assert db.current_revision(engine) == head
     finally:
         engine.dispose()
+
+
+def test_an_upgrade_releases_the_migration_lock_for_the_next_process(postgres: Postgres) -> None:
+    # Each process upgrades at start-up (CLI, demo, workers); the lock must not outlive the upgrade
+    # in a pooled connection, or the next upgrade through another engine waits forever.
+    first, second = db.make_engine(postgres.url), db.make_engine(postgres.url)
+    done = threading.Event()
+    try:
+        db.upgrade(first)
+        threading.Thread(target=lambda: (db.upgrade(second), done.set()), daemon=True).start()
+        assert done.wait(15), "the second upgrade is still waiting for the migration lock"
+    finally:
+        first.dispose()
+        second.dispose()
