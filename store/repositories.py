@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
+from domain.errors import PermanentError
 from domain.model import (
     Appointment,
     AppointmentStatus,
@@ -22,6 +23,7 @@ from domain.model import (
     Message,
     SequenceStep,
     TaskStatus,
+    zone,
 )
 from domain.model import Sequence as FollowupSequence
 from domain.ports import ClientCursor
@@ -135,6 +137,11 @@ class SqlClients:
         meeting_minutes: int = 30,
         calendar_id: str | None = None,
     ) -> Client:
+        zone(time_zone)
+        if not business_days or not set(business_days) <= set("1234567"):
+            raise PermanentError(f"business_days must be ISO weekday digits 1-7, got {business_days!r}")
+        if business_start >= business_end or meeting_minutes < 1:
+            raise PermanentError("business hours must start before they end, and meetings last >= 1 minute")
         row = ClientRow(
             workspace_id=workspace_id,
             name=name,

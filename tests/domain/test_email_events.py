@@ -152,3 +152,17 @@ def test_an_event_for_an_unknown_workspace_is_a_permanent_error_and_writes_nothi
     with store.uow() as u, pytest.raises(PermanentError, match="unknown workspace 'ws-acme'"):
         HANDLERS["EMAIL_SENT"](u, event, NOW)
     assert store.rows("leads") == []
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"time_zone": "Mars/Olympus"}, "unknown time zone"),
+        ({"start": 17, "end": 9}, "start before they end"),
+    ],
+)
+def test_a_client_with_impossible_hours_or_zone_is_refused(
+    store: Store, changes: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(PermanentError, match=message):
+        add_client(store, **changes)
