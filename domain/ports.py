@@ -2,10 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any, Protocol
+from datetime import datetime, time
+from typing import Any, Literal, Protocol
+
+from domain.model import (
+    Appointment,
+    AppointmentStatus,
+    Campaign,
+    Client,
+    Direction,
+    FollowupTask,
+    Interval,
+    Lead,
+    LeadStatus,
+    Message,
+    SequenceStep,
+)
+from domain.model import (
+    Sequence as FollowupSequence,
+)
 
 
 @dataclass(frozen=True)
@@ -85,6 +102,181 @@ class DrainQueue(Protocol):
 
     def drain(self, event_id: int, *, key: str) -> bool:
         """Publish a drain of `event_id` under dispatch key `key`; False when it could not be published."""
+
+
+#: What a per-client job keeps a "last done" time for, so each run takes the clients waited on longest.
+ClientCursor = Literal["availability", "reconcile"]
+
+
+class Clients(Protocol):
+    def add(
+        self,
+        *,
+        workspace_id: str,
+        name: str,
+        time_zone: str,
+        business_start: time,
+        business_end: time,
+        business_days: str = "12345",
+        meeting_minutes: int = 30,
+        calendar_id: str | None = None,
+    ) -> Client: ...
+
+    def get(self, client_id: int) -> Client: ...
+
+    def by_workspace(self, workspace_id: str) -> Client | None: ...
+
+    def stalest(self, cursor: ClientCursor, *, done_before: datetime, limit: int) -> list[Client]:
+        """Up to `limit` clients whose `cursor` is at or before `done_before`, never-done, then oldest."""
+        ...
+
+    def touch(self, cursor: ClientCursor, client_id: int, *, at: datetime) -> None: ...
+
+
+class Leads(Protocol):
+    def get(self, lead_id: int) -> Lead: ...
+
+    def find(self, client_id: int, email: str) -> Lead | None: ...
+
+    def upsert(
+        self,
+        client_id: int,
+        email: str,
+        *,
+        first_name: str | None = None,
+        last_name: str | None = None,
+        time_zone: str | None = None,
+        platform_lead_id: str | None = None,
+        campaign_id: int | None = None,
+    ) -> Lead:
+        """The lead with this email, created if missing; given fields overwrite, None leaves a field alone."""
+        ...
+
+    def set_status(self, lead_id: int, status: LeadStatus) -> None: ...
+
+    def campaign(self, client_id: int, external_id: str) -> Campaign:
+        """The campaign the sending platform calls `external_id`, created active if unknown."""
+        ...
+
+    def add_campaign(
+        self, client_id: int, external_id: str, *, name: str, active: bool, sequence_id: int | None
+    ) -> Campaign: ...
+
+    def get_campaign(self, campaign_id: int) -> Campaign: ...
+
+    def for_slot_push(self, *, checked_before: datetime, limit: int) -> list[Lead]:
+        """Leads in active campaigns still worth offering a meeting, least recently checked first."""
+        ...
+
+
+class Messages(Protocol):
+    def add(
+        self,
+        *,
+        client_id: int,
+        lead_id: int,
+        direction: Direction,
+        provider_message_id: str,
+        thread_id: str | None,
+        subject: str | None,
+        at: datetime,
+    ) -> bool:
+        """Record a message once per provider message id; False when it was already recorded."""
+        ...
+
+    def awaiting_timing(self, *, limit: int) -> list[tuple[Message, Message]]:
+        """(inbound, first later outbound in its thread) pairs whose timing is missing or out of date."""
+        ...
+
+
+class ResponseTimings(Protocol):
+    def upsert(
+        self, *, inbound: Message, outbound: Message, response_s: int, business_s: int, at: datetime
+    ) -> None: ...
+
+
+class Followups(Protocol):
+    def add_sequence(self, client_id: int, name: str, steps: Sequence[SequenceStep]) -> FollowupSequence: ...
+
+    def sequence(self, sequence_id: int) -> FollowupSequence: ...
+
+    def sequence_for(self, lead: Lead) -> FollowupSequence | None:
+        """The lead's campaign's sequence, else the client's first sequence; None when the client has none."""
+        ...
+
+    def has_tasks(self, lead_id: int) -> bool: ...
+
+    def add_task(
+        self,
+        *,
+        lead_id: int,
+        sequence_id: int,
+        step: int,
+        anchor_at: datetime,
+        due_at: datetime,
+        thread_id: str | None,
+    ) -> bool:
+        """Schedule one step; False when the lead already has that step of that sequence."""
+        ...
+
+    def due(self, *, now: datetime, limit: int) -> list[FollowupTask]:
+        """Pending tasks due at `now`, oldest first."""
+        ...
+
+    def mark_sent(self, task_id: int, *, provider_message_id: str, at: datetime) -> bool:
+        """Pending -> sent; False (and no change) when the task is no longer pending."""
+        ...
+
+    def mark_failed(self, task_id: int, *, error: str, at: datetime) -> None: ...
+
+    def record_error(self, task_id: int, *, error: str) -> None:
+        """Count a failed attempt and keep the task pending for the next run."""
+        ...
+
+    def cancel_pending(self, lead_id: int, *, at: datetime, reason: str) -> int: ...
+
+
+class Availability(Protocol):
+    def replace(self, client_id: int, slots: Sequence[Interval], *, at: datetime) -> bool:
+        """Make `slots` the client's set in one transaction; False (no write) when it already is that set."""
+        ...
+
+    def upcoming(self, client_id: int, *, after: datetime, limit: int) -> list[Interval]: ...
+
+
+class Appointments(Protocol):
+    def by_booking_ids(self, booking_ids: Sequence[str]) -> dict[str, Appointment]: ...
+
+    def open_in_window(self, client_id: int, *, start_at: datetime, end_at: datetime) -> list[Appointment]:
+        """Booked or rescheduled appointments of the client starting in [start_at, end_at)."""
+        ...
+
+    def add(
+        self,
+        *,
+        client_id: int,
+        lead_id: int | None,
+        provider_booking_id: str,
+        start_at: datetime,
+        end_at: datetime,
+        status: AppointmentStatus,
+        at: datetime,
+    ) -> Appointment: ...
+
+    def update(
+        self, appointment_id: int, *, start_at: datetime, end_at: datetime, status: AppointmentStatus
+    ) -> None: ...
+
+    def mark_reconciled(self, appointment_ids: Sequence[int], *, at: datetime) -> None: ...
+
+
+class SlotPushes(Protocol):
+    def last(self, lead_id: int) -> Mapping[str, str] | None:
+        """The variables last pushed for the lead, None if never."""
+        ...
+
+    def record(self, lead_id: int, *, variables: Mapping[str, str] | None, at: datetime) -> None:
+        """The lead was checked at `at`; with `variables`, they were also pushed then."""
         ...
 
 
@@ -96,6 +288,30 @@ class UnitOfWork(Protocol):
 
     @property
     def webhook_events(self) -> WebhookEvents: ...
+
+    @property
+    def clients(self) -> Clients: ...
+
+    @property
+    def leads(self) -> Leads: ...
+
+    @property
+    def messages(self) -> Messages: ...
+
+    @property
+    def response_timings(self) -> ResponseTimings: ...
+
+    @property
+    def followups(self) -> Followups: ...
+
+    @property
+    def availability(self) -> Availability: ...
+
+    @property
+    def appointments(self) -> Appointments: ...
+
+    @property
+    def slot_pushes(self) -> SlotPushes: ...
 
     def commit(self) -> None: ...
 
@@ -123,6 +339,49 @@ Handler = Callable[[UnitOfWork, Mapping[str, Any]], None]
 
 
 @dataclass(frozen=True)
+class Booking:
+    """A booking as the calendar provider sees it; `status` is booked, cancelled, completed or no_show."""
+
+    booking_id: str
+    lead_email: str | None
+    start_at: datetime
+    end_at: datetime
+    status: str
+
+
+class CalendarProvider(Protocol):
+    """A client's calendar. Raises TransientError (retry later) or PermanentError (recorded, no retry)."""
+
+    def busy(self, *, calendar_id: str, start_at: datetime, end_at: datetime) -> list[Interval]: ...
+
+    def bookings(self, *, calendar_id: str, start_at: datetime, end_at: datetime) -> list[Booking]: ...
+
+
+@dataclass(frozen=True)
+class OutgoingEmail:
+    """One email to send. The sender must send at most one email per `idempotency_key`."""
+
+    idempotency_key: str
+    workspace_id: str
+    to_email: str
+    subject: str
+    body: str
+    thread_id: str | None
+
+
+class EmailSender(Protocol):
+    def send(self, email: OutgoingEmail) -> str:
+        """Send (or recognise as already sent) and return the provider's message id."""
+        ...
+
+
+class LeadVariables(Protocol):
+    """The sending platform's custom variables of a lead (used in its email templates)."""
+
+    def set(self, *, workspace_id: str, lead_ref: str, variables: Mapping[str, str]) -> None: ...
+
+
+@dataclass(frozen=True)
 class Ports:
     """The adapters a job may call, chosen by the composition root."""
 
@@ -135,3 +394,8 @@ class Ports:
     housekeeping: Housekeeping | None = None
     ledger_retention_days: float = 30.0
     run_event_retention_days: float = 30.0
+
+    #: The providers; None means "not chosen yet": the composition root fills in the configured ones.
+    calendar: CalendarProvider | None = None
+    email: EmailSender | None = None
+    lead_variables: LeadVariables | None = None

@@ -6,7 +6,17 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from domain import background_jobs, cron, housekeeping, webhook_drain
+from domain import (
+    appointment_reconcile,
+    availability,
+    availability_slot,
+    background_jobs,
+    cron,
+    followups,
+    housekeeping,
+    response_timing,
+    webhook_drain,
+)
 from domain.context import JobFn
 from domain.errors import UnknownJob
 
@@ -164,6 +174,53 @@ JOBS = Registry(
             overlap="skip",
             max_retries=2,
             time_limit_ms=120_000,
+        ),
+        JobSpec(
+            name="response-timing",
+            run=response_timing.run,
+            actor_name="record_response_times",
+            description="Record how long each inbound lead message waited for the first reply.",
+            cron="*/10 * * * *",
+            max_retries=3,
+            time_limit_ms=300_000,
+        ),
+        JobSpec(
+            name="appointment-reconcile",
+            run=appointment_reconcile.run,
+            actor_name="reconcile_appointments",
+            description="Match calendar bookings to appointments: cancellations, reschedules, missing ones.",
+            cron="*/15 * * * *",
+            max_retries=3,
+            time_limit_ms=300_000,
+        ),
+        JobSpec(
+            name="followups",
+            run=followups.run,
+            actor_name="send_due_followups",
+            description="Send due follow-up emails, advance sequences, stop them for leads who answered.",
+            cron="*/5 * * * *",
+            concurrency_cap=1,
+            overlap="skip",
+            max_retries=3,
+            time_limit_ms=240_000,
+        ),
+        JobSpec(
+            name="availability",
+            run=availability.run,
+            actor_name="refresh_availability",
+            description="Recompute each client's free meeting slots for the next 14 days.",
+            cron="*/30 * * * *",
+            max_retries=3,
+            time_limit_ms=300_000,
+        ),
+        JobSpec(
+            name="emailbison-availability-slot",
+            run=availability_slot.run,
+            actor_name="push_availability_slots",
+            description="Push each active-campaign lead's next two free slots to the sending platform.",
+            cron="5,35 * * * *",
+            max_retries=3,
+            time_limit_ms=300_000,
         ),
     ]
 )

@@ -269,6 +269,7 @@ def _register() -> None:
     """Commands whose bodies live in their own modules."""
     from offload.bench import bench
     from offload.bench_ingress import ingress as bench_ingress
+    from offload.demo import demo
     from offload.processes import dev, scheduler
     from offload.web import web
 
@@ -277,6 +278,7 @@ def _register() -> None:
     bench.add_command(bench_ingress)
     cli.add_command(scheduler)
     cli.add_command(dev)
+    cli.add_command(demo)
 
 
 _register()

@@ -7,7 +7,7 @@ import binascii
 from typing import Annotated
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings import SettingsError as PydanticSettingsError
 
@@ -47,6 +47,16 @@ class Settings(BaseSettings):
     web_host: str = "127.0.0.1"
     web_port: int = Field(8000, ge=0, le=65535)
     web_threads: int = Field(8, ge=1)
+
+    # -- providers --
+    #: The calendar provider and the sending platform; unset means the local, database-backed ones.
+    calendar_url: str | None = None
+    calendar_api_key: SecretStr | None = Field(None, validate_default=True)
+    sending_platform_url: str | None = None
+    sending_platform_api_key: SecretStr | None = Field(None, validate_default=True)
+    provider_timeout_s: float = Field(10.0, gt=0)
+    provider_max_attempts: int = Field(3, ge=1)
+    provider_backoff_s: float = Field(0.5, ge=0)
 
     # -- scheduling (offload scheduler) --
     #: job -> cron expression (or null: never scheduled), as JSON, overriding the registry's.
@@ -110,6 +120,24 @@ class Settings(BaseSettings):
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"expected an http:// URL with a host, got {value!r}")
         return value.rstrip("/")
+
+    @field_validator("calendar_url", "sending_platform_url")
+    @classmethod
+    def _provider_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"expected an http(s):// URL with a host, got {value!r}")
+        return value.rstrip("/")
+
+    @field_validator("calendar_api_key", "sending_platform_api_key")
+    @classmethod
+    def _api_key(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        url_field = str(info.field_name).replace("_api_key", "_url")
+        if info.data.get(url_field) and not (value and value.get_secret_value()):
+            raise ValueError(f"required when OFFLOAD_{url_field.upper()} is set")
+        return value
 
     def check_jobs(self, names: list[str]) -> None:
         """Every job a flag names must exist."""

@@ -13,17 +13,49 @@ from actors.dispatch import Dispatcher
 from actors.drain_queue import DispatchDrainQueue
 from actors.runner import JobRunner
 from domain import background_jobs
+from domain.email_events import HANDLERS
 from domain.ports import Ports
 from domain.registry import JOBS, Registry
 from offload.settings import Settings, redact
 from store import db
+from store.http_providers import HttpApi, HttpCalendar, HttpEmailSender, HttpLeadVariables
 from store.leases import SqlLeases
 from store.ledger import SqlLedger
+from store.local_providers import LocalCalendar, LocalEmailSender, LocalLeadVariables
 from store.uow import SqlUnitOfWork
 
 
 def default_ports() -> Ports:
-    return Ports(background_handlers={"noop": background_jobs.noop})
+    return Ports(background_handlers={"noop": background_jobs.noop}, webhook_handlers=HANDLERS)
+
+
+def with_providers(ports: Ports, settings: Settings, sessions: sessionmaker[Session]) -> Ports:
+    """`ports` with every provider it leaves unset chosen by settings: HTTP when a URL is set, else local."""
+
+    def api(url: str, key: Any) -> HttpApi:
+        return HttpApi(
+            base_url=url,
+            api_key=key.get_secret_value(),
+            timeout_s=settings.provider_timeout_s,
+            max_attempts=settings.provider_max_attempts,
+            backoff_s=settings.provider_backoff_s,
+        )
+
+    calendar = ports.calendar or (
+        HttpCalendar(api(settings.calendar_url, settings.calendar_api_key))
+        if settings.calendar_url
+        else LocalCalendar(sessions)
+    )
+    platform = (
+        api(settings.sending_platform_url, settings.sending_platform_api_key)
+        if settings.sending_platform_url
+        else None
+    )
+    email = ports.email or (HttpEmailSender(platform) if platform else LocalEmailSender(sessions))
+    lead_variables = ports.lead_variables or (
+        HttpLeadVariables(platform) if platform else LocalLeadVariables(sessions)
+    )
+    return replace(ports, calendar=calendar, email=email, lead_variables=lead_variables)
 
 
 @dataclass
@@ -70,7 +102,7 @@ def build(settings: Settings, *, registry: Registry = JOBS, ports: Ports | None 
         ledger=ledger,
         leases=leases,
         uow=lambda: SqlUnitOfWork(sessions),
-        ports=ports,
+        ports=with_providers(ports, settings, sessions),
         lease_grace_s=settings.lease_grace_s,
     )
     broker = make_broker(url=settings.broker_url, ledger=ledger, leases=leases)

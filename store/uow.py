@@ -13,6 +13,16 @@ from sqlalchemy.orm import Session, sessionmaker
 from domain.ports import BackgroundJob
 from store.db import translate_errors
 from store.models import BackgroundJobRow
+from store.repositories import (
+    SqlAppointments,
+    SqlAvailability,
+    SqlClients,
+    SqlFollowups,
+    SqlLeads,
+    SqlMessages,
+    SqlResponseTimings,
+    SqlSlotPushes,
+)
 from store.webhook_events import SqlWebhookEvents
 
 
@@ -76,6 +86,14 @@ class SqlUnitOfWork:
         self.session = self._sessions()
         self.background_jobs = SqlBackgroundJobs(self.session)
         self.webhook_events = SqlWebhookEvents(self.session)
+        self.clients = SqlClients(self.session)
+        self.leads = SqlLeads(self.session)
+        self.messages = SqlMessages(self.session)
+        self.response_timings = SqlResponseTimings(self.session)
+        self.followups = SqlFollowups(self.session)
+        self.availability = SqlAvailability(self.session)
+        self.appointments = SqlAppointments(self.session)
+        self.slot_pushes = SqlSlotPushes(self.session)
         return self
 
     def __exit__(

@@ -11,6 +11,7 @@ import os
 
 from offload.settings import Settings
 from offload.wiring import build
+from tests.support import domain_hooks
 from tests.support.jobs import TEST_PORTS, TEST_REGISTRY
 
 logging.getLogger("pika").setLevel(logging.WARNING)
@@ -22,4 +23,5 @@ if os.environ.get("OFFLOAD_TEST_WEBHOOK_HANDLERS") == "record":
     ports = RECORDING_PORTS
 
 runtime = build(Settings.load(), registry=TEST_REGISTRY, ports=ports)
+domain_hooks.install(runtime)
 broker = runtime.broker

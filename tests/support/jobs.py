@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import text
 
+from domain import followups
 from domain.context import JobContext, JobFn
 from domain.errors import PermanentError
 from domain.registry import JOBS, JobSpec, Missed
@@ -142,5 +143,19 @@ SCHEDULED_JOBS = [
     _scheduled("test-every-5-each", "catch-up-each"),
     _scheduled("test-every-5-flaky", "skip", run=flaky),
 ]
+TEST_JOBS.append(
+    JobSpec(
+        name="test-followups",
+        run=followups.run,
+        actor_name="send_due_followups_quickly",
+        description="the followups job with a short lease, so a crash test need not wait minutes",
+        concurrency_cap=1,
+        overlap="skip",
+        max_retries=3,
+        min_backoff_ms=200,
+        max_backoff_ms=1000,
+        time_limit_ms=4_000,
+    )
+)
 TEST_REGISTRY = JOBS.extended([*TEST_JOBS, *SCHEDULED_JOBS])
 TEST_PORTS = default_ports()
