@@ -15,13 +15,16 @@ from sqlalchemy import func, select
 from domain.model import AppointmentStatus, Interval, SequenceStep, local_at
 from domain.ports import Booking
 from domain.runs import FINAL
-from domain.webhooks import EmailWebhook
+from domain.webhook_drain import OPEN
+from domain.webhooks import KNOWN_TYPES, EmailWebhook
+from ingress.intake import WebhookIntake
 from offload.wiring import Runtime
 from store.local_providers import LocalCalendar
 from store.models import LeadRow, SentEmailRow
 from store.uow import SqlUnitOfWork
 
 WORKSPACE = "demo-acme"
+_NO_WORKER = "is a worker running? Start one with `offload worker` (or `./dev run`), or use --inline."
 ZONE = "America/New_York"
 #: The jobs in the order their data flows: slots feed the slot push; replies feed response timing.
 JOB_ORDER = (
@@ -235,21 +238,35 @@ def _weekday_after(day: date, days: int) -> date:
     return day
 
 
-def apply_events(
-    uow: Callable[[], SqlUnitOfWork],
-    handlers: Mapping[str, Any],
-    events: list[EmailWebhook],
-    *,
-    now: datetime,
-) -> Counter[str]:
-    """Apply each event in its own unit of work, as the webhook drain does; counts per event type."""
-    applied: Counter[str] = Counter()
+def submit_events(
+    runtime: Runtime, events: list[EmailWebhook], *, inline: bool, timeout_s: float
+) -> Counter[str] | None:
+    """Hand each event to the webhook intake, as `POST /api/webhooks/email` does, and wait for the drain.
+
+    Returns how the events ended (processed, duplicate, ...), or None if the drain did not finish.
+    """
+    intake = WebhookIntake(
+        uow=runtime.uow, dispatcher=runtime.dispatcher, inline_types=KNOWN_TYPES if inline else frozenset()
+    )
+    outcome: Counter[str] = Counter()
+    ids: list[int] = []
     for event in events:
-        with uow() as u:
-            handlers[event.event.type](u, event, now)
-            u.commit()
-        applied[event.event.type] += 1
-    return applied
+        accepted = intake.accept(
+            event, body=event.model_dump_json(), headers={}, correlation_id="offload-demo"
+        )
+        if accepted.duplicate:
+            outcome["duplicate"] += 1
+        else:
+            ids.append(accepted.id)
+    deadline = clock.monotonic() + timeout_s
+    while True:
+        with runtime.uow() as u:
+            statuses = [u.webhook_events.get(i) for i in ids]
+        if all(e is not None and e.status not in OPEN for e in statuses) or clock.monotonic() > deadline:
+            break
+        clock.sleep(0.2)
+    outcome.update(e.status for e in statuses if e is not None)
+    return None if any(e is None or e.status in OPEN for e in statuses) else outcome
 
 
 def run_demo(
@@ -264,8 +281,11 @@ def run_demo(
     created = seed(runtime.uow, calendar, now=now)
     echo(f"client {WORKSPACE!r}: {'created' if created else 'already there'} (sequence, campaign, calendar)")
     events = sample_events(now)
-    applied = apply_events(runtime.uow, runtime.runner.ports.webhook_handlers, events, now=now)
-    echo(f"applied {len(events)} webhook events: {dict(applied)}")
+    ended = submit_events(runtime, events, inline=inline, timeout_s=timeout_s)
+    if ended is None:
+        echo(f"webhook events not drained after {timeout_s:.0f}s; {_NO_WORKER}")
+        return 1
+    echo(f"{len(events)} webhook events through the intake and the drain: {dict(ended)}")
     seed_appointments(runtime.uow, calendar, now=now)
     mode = "inline" if inline else "queue"
     echo(f"dispatching {len(JOB_ORDER)} jobs ({mode} mode):")
@@ -276,10 +296,7 @@ def run_demo(
         if not inline and not d.duplicate:
             run = _wait_final(runtime, d.dispatch_key, timeout_s=timeout_s)
             if run is None:
-                echo(
-                    f"  {job}: not finished after {timeout_s:.0f}s; is a worker running? "
-                    "Start one with `offload worker` (or `./dev run`), or use --inline."
-                )
+                echo(f"  {job}: not finished after {timeout_s:.0f}s; {_NO_WORKER}")
                 return 1
         assert run is not None
         runs.append((d, run))

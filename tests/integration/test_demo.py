@@ -17,7 +17,10 @@ def test_demo_runs_every_job_on_a_worker_and_prints_the_ledger(settings: Setting
     first = CliRunner().invoke(cli, ["demo", "--timeout-s", "60"], env=env)
     assert first.exit_code == 0, first.output + workers.logs()
     assert "client 'demo-acme': created" in first.output
-    assert "applied 15 webhook events" in first.output
+    assert (
+        "15 webhook events through the intake and the drain: {'duplicate': 1, 'processed': 14}"
+        in first.output
+    )
     for job in JOB_ORDER:
         assert f"{job:30} succeeded  queue" in first.output
 

@@ -10,14 +10,14 @@ from typing import Any
 
 from domain.email_events import HANDLERS
 from domain.runs import FINAL
-from offload.demo import JOB_ORDER, apply_events, sample_events, seed, seed_appointments
+from offload.demo import JOB_ORDER, sample_events, seed, seed_appointments
 from offload.settings import Settings
 from offload.wiring import Runtime, build
 from store import db
 from store.local_providers import LocalCalendar, local_message_id
 from tests.domain.conftest import add_client, add_sequence, start_sequences
 from tests.services import Postgres, Rabbit
-from tests.support.domain_data import PROVIDER_CLOCK_COLUMNS, Store, open_store
+from tests.support.domain_data import PROVIDER_CLOCK_COLUMNS, Store, apply_events, open_store
 from tests.support.jobs import TEST_PORTS, TEST_REGISTRY
 from tests.support.procs import Workers, wait_for
 

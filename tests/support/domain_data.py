@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from domain.webhooks import EmailWebhook
 from store import db
 from store.local_providers import LocalCalendar, LocalEmailSender, LocalLeadVariables
 from store.models import Base
@@ -84,3 +85,17 @@ def snapshot(engine: Engine, *, ignore: Iterable[tuple[str, str]] = ()) -> dict[
 
 def _plain(value: Any) -> Any:
     return value.astimezone(UTC) if isinstance(value, datetime) else value
+
+
+def apply_events(
+    uow: Callable[[], SqlUnitOfWork],
+    handlers: Mapping[str, Any],
+    events: list[EmailWebhook],
+    *,
+    now: datetime,
+) -> None:
+    """Apply each event in its own unit of work, as the webhook drain does (seeding, not the pipeline)."""
+    for event in events:
+        with uow() as u:
+            handlers[event.event.type](u, event, now)
+            u.commit()
