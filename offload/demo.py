@@ -246,7 +246,9 @@ def submit_events(
     Returns how the events ended (processed, duplicate, ...), or None if the drain did not finish.
     """
     intake = WebhookIntake(
-        uow=runtime.uow, dispatcher=runtime.dispatcher, inline_types=KNOWN_TYPES if inline else frozenset()
+        uow=runtime.uow,
+        dispatcher=runtime.dispatcher,
+        inline_types=frozenset(KNOWN_TYPES) if inline else frozenset(),
     )
     outcome: Counter[str] = Counter()
     ids: list[int] = []
