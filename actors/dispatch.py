@@ -205,6 +205,25 @@ class Dispatcher:
             logger.info("Recorded %r as missed: %s", new.dispatch_key, detail)
         return _answer(mode, run, duplicate=not recorded)
 
+    def requeue_stale(self, *, queued_before: datetime, limit: int) -> int:
+        """Publish again the runs still `queued` since before `queued_before`; returns how many.
+
+        A process that died between recording a run and publishing it, or a purged queue, leaves a
+        run that no message carries. The message id derives from the key, so if the first message
+        does turn up, Dedup lets only one of the two run. Stops at the first failed publish.
+        """
+        done = 0
+        for run in self.ledger.stale_queued(before=queued_before, limit=limit):
+            if run.job not in self.registry:
+                continue
+            try:
+                self.publish(self.registry[run.job], run)
+            except PublishFailed:
+                break
+            self.ledger.mark_requeued(run.dispatch_key)
+            done += 1
+        return done
+
     def publish(self, spec: JobSpec, run: RunView) -> None:
         """Send the run's message; on failure mark the run `failed` and raise PublishFailed."""
         actor = self.actors[spec.name]

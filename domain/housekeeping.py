@@ -13,6 +13,8 @@ from domain.ports import Housekeeping
 #: Rows one run touches at most, so a run stays short however large the backlog.
 REAP_BATCH = 500
 PURGE_BATCH = 5_000
+#: A run `queued` this long without a worker touching it has probably lost its message.
+STALE_QUEUED_S = 600.0
 
 
 def _port(ctx: JobContext) -> Housekeeping:
@@ -26,6 +28,16 @@ def reap_expired_leases(ctx: JobContext) -> Mapping[str, Any]:
     limit = int(ctx.params.get("batch_size", REAP_BATCH))
     reaped = _port(ctx).reap(limit=limit)
     return {"reaped": reaped, "has_more": reaped == limit}
+
+
+def requeue_stale_runs(ctx: JobContext) -> Mapping[str, Any]:
+    """Publish again runs left `queued` for longer than `older_than_s` (no message carries them)."""
+    if ctx.ports.requeue is None:
+        raise PermanentError("no requeue adapter is configured")
+    limit = int(ctx.params.get("batch_size", REAP_BATCH))
+    before = ctx.now - timedelta(seconds=float(ctx.params.get("older_than_s", STALE_QUEUED_S)))
+    requeued = ctx.ports.requeue.requeue_stale(queued_before=before, limit=limit)
+    return {"requeued": requeued, "has_more": requeued == limit}
 
 
 def purge_ledger(ctx: JobContext) -> Mapping[str, Any]:

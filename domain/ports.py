@@ -318,6 +318,14 @@ class UnitOfWork(Protocol):
     def rollback(self) -> None: ...
 
 
+class Requeue(Protocol):
+    """Publishes again the runs that no message carries (the composition root binds the dispatcher)."""
+
+    def requeue_stale(self, *, queued_before: datetime, limit: int) -> int:
+        """Publish runs still `queued` since before `queued_before`, at most `limit`; returns how many."""
+        ...
+
+
 class Housekeeping(Protocol):
     """Upkeep of the ledger itself: the reaper and retention. Each call does at most `limit` rows."""
 
@@ -392,6 +400,8 @@ class Ports:
     drain_queue: DrainQueue | None = None
     #: the ledger's upkeep (reaper, retention); the composition root supplies the store's.
     housekeeping: Housekeeping | None = None
+    #: re-publishes runs left `queued` without a message; None until the composition root binds it.
+    requeue: Requeue | None = None
     ledger_retention_days: float = 30.0
     run_event_retention_days: float = 30.0
 

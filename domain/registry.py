@@ -166,6 +166,17 @@ JOBS = Registry(
             max_wait_ms=60_000,
         ),
         JobSpec(
+            name="requeue-stale",
+            run=housekeeping.requeue_stale_runs,
+            actor_name="requeue_stale_runs",
+            description="Publish again runs left `queued` for 10 minutes: their message went missing.",
+            cron="*/5 * * * *",
+            overlap="skip",
+            max_retries=0,
+            time_limit_ms=60_000,
+            max_wait_ms=60_000,
+        ),
+        JobSpec(
             name="ledger-retention",
             run=housekeeping.purge_ledger,
             actor_name="purge_old_runs",

@@ -118,4 +118,6 @@ def build(settings: Settings, *, registry: Registry = JOBS, ports: Ports | None 
     )
     if runner.ports.drain_queue is None:
         runner.ports = replace(runner.ports, drain_queue=DispatchDrainQueue(dispatcher))
+    if runner.ports.requeue is None:
+        runner.ports = replace(runner.ports, requeue=dispatcher)
     return Runtime(settings, registry, engine, sessions, ledger, leases, runner, broker, actors, dispatcher)

@@ -379,6 +379,27 @@ class SqlLedger:
         with translate_errors(), self._sessions() as s:
             return {job: _utc(slot) for job, slot in s.execute(query) if slot is not None}
 
+    def stale_queued(self, *, before: datetime, limit: int) -> Sequence[RunView]:
+        """Runs still `queued` whose last change is older than `before`, oldest first."""
+        query = (
+            select(Run)
+            .where(Run.status == RunStatus.QUEUED, Run.updated_at < before)
+            .order_by(Run.updated_at)
+            .limit(limit)
+        )
+        with translate_errors(), self._sessions() as s:
+            return [RunView.of(r) for r in s.scalars(query)]
+
+    def mark_requeued(self, key: str) -> None:
+        """Note on a `queued` run that its message was published again."""
+        now = self._clock()
+        with translate_errors(), self._sessions() as s:
+            row = _lock(s, key)
+            if row.status == RunStatus.QUEUED:
+                row.updated_at = now
+                _event(s, row, now, detail="message published again: none was seen for a while")
+                s.commit()
+
     def purge_runs(self, *, finished_before: datetime, limit: int) -> int:
         """Delete up to `limit` ended runs finished before `finished_before`, with their events.
 

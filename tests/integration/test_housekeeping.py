@@ -10,6 +10,7 @@ from domain.runs import RunStatus
 from offload.wiring import Runtime
 from store.ledger import NewRun, SqlLedger, Worker
 from store.models import Run, RunEvent
+from tests.support.procs import Workers, wait_for
 
 
 def new_run(key: str, *, replay_of: int | None = None) -> NewRun:
@@ -82,3 +83,17 @@ def test_retention_deletes_old_ended_runs_and_events_a_batch_at_a_time(runtime: 
             select(func.count()).select_from(RunEvent).where(RunEvent.run_id.not_in(select(Run.id)))
         )
     assert orphans == 0
+
+
+def test_requeue_job_publishes_again_a_run_no_message_carries(runtime: Runtime, workers: Workers) -> None:
+    # A dispatcher that died between recording the run and publishing it, a quarter of an hour ago.
+    at(runtime, datetime.now(UTC) - timedelta(minutes=15)).record_dispatch(new_run("orphan"))
+    runtime.ledger.record_dispatch(new_run("fresh"))  # queued just now: its message may be on the way
+
+    d = runtime.dispatcher.dispatch("requeue-stale", trigger="cli", inline=True)
+
+    assert d.result == {"requeued": 1, "has_more": False}
+    workers.start(threads=2)
+    wait_for(lambda: runtime.ledger.get("orphan").status == RunStatus.SUCCEEDED, what="the orphan to run")  # type: ignore[union-attr]
+    assert [e.status for e in runtime.ledger.events("orphan")] == ["queued", "queued", "running", "succeeded"]
+    assert runtime.ledger.get("fresh").status == RunStatus.QUEUED  # type: ignore[union-attr]
