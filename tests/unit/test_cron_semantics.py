@@ -8,7 +8,6 @@ would dispatch. The reference is croniter's forward iteration, computed independ
 from __future__ import annotations
 
 import itertools
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -183,7 +182,6 @@ def test_the_table_covers_at_least_forty_expressions_in_three_zones() -> None:
 def test_scheduler_fires_at_croniter_minutes_over_a_year_in_utc_and_dst_zones(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    started = time.monotonic()
     combos = [(expr, tz) for tz in ZONES for expr in EXPRESSIONS]
     compared = 0
     for expr, tz, fired, missed in periodiq_minutes(combos, monkeypatch):
@@ -194,7 +192,6 @@ def test_scheduler_fires_at_croniter_minutes_over_a_year_in_utc_and_dst_zones(
         assert missed == []
         compared += len(reference)
     assert compared > 20_000
-    assert time.monotonic() - started < 60
 
 
 def test_http_slot_of_every_minute_is_the_latest_croniter_fire_at_or_before_it() -> None:
