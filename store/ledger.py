@@ -174,10 +174,8 @@ class SqlLedger:
         with translate_errors():
             try:
                 with self._engine.begin() as conn:
-                    new_row = conn.execute(
-                        insert(_runs).values(**_new_row(new, now)).returning(*_runs.c)
-                    ).one()
-                    conn.execute(insert(_events).values(_event_row(new_row, now)))
+                    new_row = conn.execute(_INSERT_RUN, _new_row(new, now)).one()
+                    conn.execute(_INSERT_EVENT, _event_row(new_row, now))
                     return RunView.of(new_row), False
             except IntegrityError:
                 pass
@@ -309,34 +307,13 @@ class SqlLedger:
         """
         now = self._clock()
         with translate_errors():
-            updated = session.execute(
-                update(Run)
-                .where(Run.dispatch_key == key, Run.lease_token == token, Run.status == RunStatus.RUNNING)
-                .values(
-                    status=RunStatus.SUCCEEDED,
-                    result=dict(result),
-                    finished_at=now,
-                    updated_at=now,
-                    lease_token=None,
-                    lease_expires_at=None,
-                )
-                .execution_options(synchronize_session=False)
-            )
-            if updated.rowcount != 1:  # type: ignore[attr-defined]
+            conn = session.connection()
+            row = conn.execute(
+                _COMPLETE, {"p_key": key, "p_token": token, "p_result": dict(result), "p_now": now}
+            ).one_or_none()
+            if row is None:
                 raise LeaseLost(key)
-            row_id, attempt, host, pid = session.execute(
-                select(Run.id, Run.attempt, Run.worker_host, Run.worker_pid).where(Run.dispatch_key == key)
-            ).one()
-            session.add(
-                RunEvent(
-                    run_id=row_id,
-                    at=now,
-                    status=RunStatus.SUCCEEDED,
-                    attempt=attempt,
-                    worker_host=host,
-                    worker_pid=pid,
-                )
-            )
+            conn.execute(_INSERT_EVENT, _event_row(row, now))
 
     def reap(self, *, limit: int = 500) -> int:
         """Mark `running` rows whose lease expired as `lost`; their messages are redelivered by RabbitMQ."""
