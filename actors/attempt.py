@@ -6,7 +6,7 @@ import os
 import socket
 import time
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from store.ledger import NewRun, Worker
@@ -15,6 +15,9 @@ from store.ledger import NewRun, Worker
 current: ContextVar[Attempt | None] = ContextVar("offload_attempt", default=None)
 
 DEFAULT_LEASE_GRACE_S = 30.0
+#: Used only when an actor declares no option of its own (every offload actor does).
+DEFAULT_LEASE_S = 600.0 + DEFAULT_LEASE_GRACE_S
+DEFAULT_MAX_WAIT_MS = 3_600_000
 
 
 @dataclass
@@ -26,10 +29,9 @@ class Attempt:
 
     key: str
     job: str
-    holder: str | None = None
     token: str | None = None
+    holds_slot: bool = False
     verdict: tuple[str, str] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def of(broker: Any, message: Any) -> Attempt:

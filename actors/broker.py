@@ -25,15 +25,16 @@ HEARTBEAT_S = 30
 def make_broker(
     *, url: str, ledger: SqlLedger, leases: SqlLeases, extra: list[Middleware] | None = None
 ) -> RabbitmqBroker:
-    """A confirming RabbitMQ broker: ConcurrencyCap, StatusLedger and Dedup run before everything else.
+    """A confirming RabbitMQ broker: Dedup, ConcurrencyCap and StatusLedger run before everything else.
 
-    Their before-hooks run first (in that order) and their after-hooks last, after Retries has
-    decided between another attempt and the dead letter queue.
+    Their before-hooks run first, in that order: claim the run, then take a slot. Their after-hooks
+    run last, in reverse: record the outcome (after Retries has decided between another attempt and
+    the dead letter queue), then free the slot.
     """
     front: list[Middleware] = [
+        Dedup(ledger=ledger),
         ConcurrencyCap(leases=leases),
         StatusLedger(ledger=ledger),
-        Dedup(ledger=ledger),
     ]
     rest = [m() for m in default_middleware]
     return RabbitmqBroker(

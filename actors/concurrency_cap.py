@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import random
-import uuid
 from typing import Any
 
 from dramatiq.middleware import Middleware, SkipMessage
@@ -16,23 +15,23 @@ from store.leases import SqlLeases
 
 
 class ConcurrencyCap(Middleware):
-    """Hold one of the job's `concurrency_cap` database leases while its message runs.
+    """Hold one of the job's `concurrency_cap` database leases while the claimed attempt runs.
 
-    A message that finds every slot held is deferred (re-enqueued with a delay, no retry consumed)
-    or, with `overlap="skip"`, ends `skipped`. A holder that dies keeps its slot until the lease
-    expires. If the database cannot be reached the message is deferred: nothing runs unguarded.
+    Runs after Dedup, so only the one attempt that claimed its run competes for a slot. A message
+    that finds every slot held gives its claim back and is deferred (re-enqueued with a delay, no
+    retry consumed) or, with `overlap="skip"`, ends `skipped`. A holder that dies keeps its slot
+    until the lease expires, except against a later attempt of its own run, which takes it over.
+    If the database cannot be reached the message is deferred: nothing runs unguarded.
 
     Parameters:
       leases: the shared lease store.
       retry_delay_ms: how long a deferred message waits before trying again (plus up to 50% jitter).
-      lease_s: lease length when the actor declares none (seconds).
     """
 
-    def __init__(self, *, leases: SqlLeases, retry_delay_ms: int = 1_000, lease_s: float = 630.0) -> None:
+    def __init__(self, *, leases: SqlLeases, retry_delay_ms: int = 1_000) -> None:
         self.logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
         self.leases = leases
         self.retry_delay_ms = retry_delay_ms
-        self.lease_s = lease_s
 
     @property
     def actor_options(self) -> set[str]:
@@ -40,18 +39,18 @@ class ConcurrencyCap(Middleware):
 
     def before_process_message(self, broker: Any, message: Any) -> None:
         cap = attempt.option(broker, message, "concurrency_cap", None)
-        if cap is None:
-            return
         state = attempt.of(broker, message)
-        max_wait_ms = attempt.option(broker, message, "max_wait_ms", 3_600_000)
+        if cap is None or state.token is None:
+            return
+        max_wait_ms = attempt.option(broker, message, "max_wait_ms", attempt.DEFAULT_MAX_WAIT_MS)
         delay_ms = int(self.retry_delay_ms * (1 + random.random() / 2))
-        holder = f"{state.key}#{uuid.uuid4().hex[:12]}"
         try:
             acquired = self.leases.acquire(
                 state.job,
                 cap=cap,
-                holder=holder,
-                lease_s=attempt.option(broker, message, "lease_s", self.lease_s),
+                key=state.key,
+                token=state.token,
+                lease_s=attempt.option(broker, message, "lease_s", attempt.DEFAULT_LEASE_S),
             )
         except StoreError as e:
             defer(
@@ -70,7 +69,7 @@ class ConcurrencyCap(Middleware):
             defer(
                 broker, message, delay_ms=delay_ms, max_wait_ms=max_wait_ms, status="deferred", detail=detail
             )
-        state.holder = holder
+        state.holds_slot = True
 
     def after_process_message(
         self, broker: Any, message: Any, *, result: Any = None, exception: BaseException | None = None
@@ -82,10 +81,12 @@ class ConcurrencyCap(Middleware):
 
     def _release(self, broker: Any, message: Any) -> None:
         state = attempt.of(broker, message)
-        if state.holder is None:
+        if not state.holds_slot or state.token is None:
             return
         try:
-            self.leases.release(state.job, holder=state.holder)
+            self.leases.release(state.job, key=state.key, token=state.token)
         except StoreError:
-            self.logger.warning("Could not release slot %r; it frees when its lease expires.", state.holder)
-        state.holder = None
+            self.logger.warning(
+                "Could not release the slot of %r; it frees when its lease expires.", state.key
+            )
+        state.holds_slot = False

@@ -23,24 +23,22 @@ class Dedup(Middleware):
 
     Parameters:
       ledger: the status ledger.
-      lease_s: dedup lease when the actor declares none (seconds).
       busy_delay_ms: the longest a second copy waits before looking again.
     """
 
-    def __init__(self, *, ledger: SqlLedger, lease_s: float = 630.0, busy_delay_ms: int = 5_000) -> None:
+    def __init__(self, *, ledger: SqlLedger, busy_delay_ms: int = 5_000) -> None:
         self.logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
         self.ledger = ledger
-        self.lease_s = lease_s
         self.busy_delay_ms = busy_delay_ms
 
     def before_process_message(self, broker: Any, message: Any) -> None:
         state = attempt.of(broker, message)
-        max_wait_ms = attempt.option(broker, message, "max_wait_ms", 3_600_000)
+        max_wait_ms = attempt.option(broker, message, "max_wait_ms", attempt.DEFAULT_MAX_WAIT_MS)
         max_retries = attempt.option(broker, message, "max_retries", 20)
         try:
             claim = self.ledger.claim(
                 attempt.new_run(broker, message),
-                lease_s=attempt.option(broker, message, "lease_s", self.lease_s),
+                lease_s=attempt.option(broker, message, "lease_s", attempt.DEFAULT_LEASE_S),
                 worker=attempt.this_worker(),
                 max_attempts=max_retries + 1,
             )

@@ -114,8 +114,10 @@ class Dispatcher:
         key: str | None = None,
         replay_of: int | None = None,
     ) -> NewRun:
-        if slot is None and spec.cron is not None and key is None:
-            slot = keys.schedule_slot(spec.cron, spec.tz, self.clock())
+        if slot is None and key is None:
+            # A job without a schedule is triggered only: its slot is the minute, so a retried
+            # trigger dedups while later triggers run again.
+            slot = keys.schedule_slot(spec.cron or "* * * * *", spec.tz, self.clock())
         key = key or keys.dispatch_key(spec.name, slot, params)
         return NewRun(
             job=spec.name,

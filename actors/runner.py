@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+
+from dramatiq.middleware import SkipMessage
 
 from actors import attempt
 from domain.context import JobContext
 from domain.ports import Ports
 from domain.registry import JobSpec
 from domain.runs import RunStatus
+from store.errors import LeaseLost
 from store.leases import SqlLeases
 from store.ledger import NewRun, RunView, SqlLedger, utcnow
 from store.uow import SqlUnitOfWork
@@ -77,37 +79,40 @@ class JobRunner:
         state = attempt.current.get()
         if state is None or state.key != key or state.token is None:
             raise RuntimeError(f"{spec.actor_name} ran without a claim on {key!r}: is Dedup installed?")
-        self.execute(spec, key, state.token, params)
+        try:
+            self.execute(spec, key, state.token, params)
+        except LeaseLost:
+            # Another attempt took the run over while this one ran: its work was rolled back and
+            # the run is theirs. Retrying would only find a duplicate.
+            logger.warning("Run %r was taken over by another attempt; dropping this one.", key)
+            raise SkipMessage(f"lease of {key} lost") from None
 
     def run_inline(self, spec: JobSpec, new: NewRun) -> InlineOutcome:
-        """Run in this process through the same cap, claim and ledger writes as a worker, in that order."""
+        """Run in this process through the same claim, cap and ledger writes as a worker, in that order."""
         lease_s = self.lease_s(spec)
         key = new.dispatch_key
-        holder = f"{key}#{uuid.uuid4().hex[:12]}"
+        claim = self.ledger.claim(new, lease_s=lease_s, worker=attempt.this_worker(), max_attempts=1 << 30)
+        if claim.token is None:
+            return InlineOutcome(claim.run, None)
+        token = claim.token
         deadline = time.monotonic() + min(INLINE_MAX_WAIT_S, spec.max_wait_ms / 1000)
-        while not self.leases.acquire(spec.name, cap=spec.concurrency_cap, holder=holder, lease_s=lease_s):
+        while not self.leases.acquire(
+            spec.name, cap=spec.concurrency_cap, key=key, token=token, lease_s=lease_s
+        ):
             if spec.overlap == "skip" or time.monotonic() > deadline:
                 status = RunStatus.SKIPPED if spec.overlap == "skip" else RunStatus.FAILED
-                run = self.ledger.finish(
-                    key, status, token=None, detail=f"concurrency cap {spec.concurrency_cap} reached"
-                )
-                assert run is not None
-                return InlineOutcome(run, None)
+                detail = f"concurrency cap {spec.concurrency_cap} reached"
+                run = self.ledger.release(key, token=token, status=status, detail=detail)
+                return InlineOutcome(run or claim.run, None)
             time.sleep(INLINE_POLL_S)
         try:
-            claim = self.ledger.claim(
-                new, lease_s=lease_s, worker=attempt.this_worker(), max_attempts=1 << 30
-            )
-            if claim.token is None:
-                return InlineOutcome(claim.run, None)
-            try:
-                result = self.execute(spec, key, claim.token, new.params)
-            except Exception as e:
-                logger.exception("Inline run %r failed", key)
-                run = self.ledger.finish(key, RunStatus.FAILED, token=claim.token, error=e)
-                return InlineOutcome(run or claim.run, None)
+            result = self.execute(spec, key, token, new.params)
+        except Exception as e:
+            logger.exception("Inline run %r failed", key)
+            run = self.ledger.finish(key, RunStatus.FAILED, token=token, error=e)
+            return InlineOutcome(run or claim.run, None)
         finally:
-            self.leases.release(spec.name, holder=holder)
+            self.leases.release(spec.name, key=key, token=token)
         final = self.ledger.get(key)
         assert final is not None
         return InlineOutcome(final, result)

@@ -12,13 +12,17 @@ from domain.runs import RunStatus
 from store.errors import StoreError
 from store.ledger import SqlLedger
 
+#: Verdicts of a guard that stopped a message, which the ledger records.
+_STOPPED = frozenset({RunStatus.DEFERRED, RunStatus.SKIPPED, RunStatus.DEAD})
+
 
 class StatusLedger(Middleware):
     """Write `retrying`, `dead`, `deferred` and `skipped`; Dedup writes `running`, `lost` and takeovers.
 
-    `succeeded` is committed by the actor body in the same transaction as the job's effects, so
-    a run is never recorded as done without them. Place this middleware ahead of Retries: its
-    after-hooks then run after Retries has decided between another attempt and the dead letter.
+    `succeeded` is committed by the actor body in the same transaction as the job's last unit of
+    work, fenced by the attempt's lease token. Place this middleware after ConcurrencyCap and ahead
+    of Retries: its after-hooks then run after Retries has decided between another attempt and the
+    dead letter, and before the slot is released.
 
     Parameters:
       ledger: the status ledger.
@@ -41,15 +45,18 @@ class StatusLedger(Middleware):
 
     def after_skip_message(self, broker: Any, message: Any) -> None:
         state = attempt.of(broker, message)
-        if state.verdict is None:
+        if state.verdict is None or state.verdict[0] not in _STOPPED:
             return
-        status, detail = state.verdict
-        if status == RunStatus.DEFERRED:
-            self._write(state.key, lambda: self.ledger.defer(state.key, detail=detail))
-        elif status in (RunStatus.SKIPPED, RunStatus.DEAD):
+        status, detail = RunStatus(state.verdict[0]), state.verdict[1]
+        token = state.token
+        if token is not None:  # claimed, then stopped before the job started: give the claim back
             self._write(
-                state.key, lambda: self.ledger.finish(state.key, RunStatus(status), token=None, detail=detail)
+                state.key, lambda: self.ledger.release(state.key, token=token, status=status, detail=detail)
             )
+        elif status == RunStatus.DEFERRED:
+            self._write(state.key, lambda: self.ledger.defer(state.key, detail=detail))
+        else:
+            self._write(state.key, lambda: self.ledger.finish(state.key, status, token=None, detail=detail))
 
     def _write(self, key: str, write: Any) -> None:
         try:

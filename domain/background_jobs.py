@@ -22,7 +22,11 @@ def backoff_s(attempt: int) -> float:
 
 
 def drain(ctx: JobContext) -> Mapping[str, Any]:
-    """Claim due rows, run each row's handler, retry with backoff and give up after its max attempts."""
+    """Claim due rows, run each row's handler, retry with backoff and give up after its max attempts.
+
+    A handler runs inside the unit of work's transaction and commits with the row's new status, so
+    handlers do database work only; one that calls out should enqueue a job of its own instead.
+    """
     limit = int(ctx.params.get("batch_size", 100))
     uow = ctx.uow
     claimed = uow.background_jobs.claim_due(now=ctx.now, limit=limit, lease_s=ROW_LEASE_S)

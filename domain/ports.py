@@ -40,7 +40,10 @@ class BackgroundJobs(Protocol):
     ) -> int: ...
 
     def claim_due(self, *, now: datetime, limit: int, lease_s: float) -> list[BackgroundJob]:
-        """Mark up to `limit` due rows running (attempt + 1) until `now + lease_s` and return them."""
+        """Mark up to `limit` due rows running (attempt + 1) until `now + lease_s` and return them.
+
+        A row whose last allowed attempt never finished (its worker died) is marked failed instead.
+        """
         ...
 
     def mark_done(self, job_id: int, *, now: datetime) -> None: ...
@@ -342,7 +345,8 @@ class Housekeeping(Protocol):
         ...
 
 
-#: A background-job handler: does the work of one row; raising TransientError retries it later.
+#: A background-job handler: does the database work of one row, inside the row's transaction (so no
+#: network calls); raising TransientError retries it later, PermanentError fails it.
 Handler = Callable[[UnitOfWork, Mapping[str, Any]], None]
 
 

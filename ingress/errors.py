@@ -103,8 +103,12 @@ def dispatch_error(
 
 def store_error(req: falcon.Request, resp: falcon.Response, ex: StoreError, params: dict[str, Any]) -> None:
     logger.error("Database error on %s %s: %s", req.method, req.path, ex)
-    code = "database_unavailable" if isinstance(ex, StoreUnavailable) else "database_error"
-    render(resp, falcon.HTTP_503, code, "the database cannot be reached; nothing was stored, try again")
+    if isinstance(ex, StoreUnavailable):  # transient: the sender should retry
+        render(resp, falcon.HTTP_503, "database_unavailable", "the database cannot be reached; try again")
+    else:
+        render(
+            resp, falcon.HTTP_500, "database_error", "the database refused the request; nothing was stored"
+        )
 
 
 def http_error(

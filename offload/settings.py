@@ -21,7 +21,7 @@ class SettingsError(Exception):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="OFFLOAD_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="OFFLOAD_", extra="ignore", env_ignore_empty=True)
 
     database_url: str = "sqlite:///offload.db"
     broker_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"

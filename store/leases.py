@@ -6,7 +6,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import cast
 
-from sqlalchemy import Connection, Engine, Table, bindparam, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, Table, bindparam, case, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from store.db import translate_errors
@@ -14,20 +14,24 @@ from store.ledger import utcnow
 from store.models import ConcurrencyLease
 
 _leases = cast(Table, ConcurrencyLease.__table__)
-_free = or_(_leases.c.holder.is_(None), _leases.c.expires_at < bindparam("p_now"))
-# One statement, built once: pick the lowest free slot (skipping slots others are taking) and take it.
+# A holder is `<dispatch key>#<attempt token>`. A slot is free when released or expired, and a slot
+# still held under the same dispatch key belongs to an attempt that was taken over (its worker died).
+_mine = func.substr(_leases.c.holder, 1, bindparam("p_prefix_len")) == bindparam("p_prefix")
+_takeable = or_(_leases.c.holder.is_(None), _leases.c.expires_at < bindparam("p_now"), _mine)
+# One statement, built once: pick our own slot or else the lowest free one (skipping slots others are
+# taking at this moment) and take it.
 _ACQUIRE = (
     update(_leases)
     .where(
         _leases.c.job == bindparam("p_job"),
         _leases.c.slot_no
         == select(_leases.c.slot_no)
-        .where(_leases.c.job == bindparam("p_job"), _leases.c.slot_no < bindparam("p_cap"), _free)
-        .order_by(_leases.c.slot_no)
+        .where(_leases.c.job == bindparam("p_job"), _leases.c.slot_no < bindparam("p_cap"), _takeable)
+        .order_by(case((_mine, 0), else_=1), _leases.c.slot_no)
         .limit(1)
         .with_for_update(skip_locked=True)
         .scalar_subquery(),
-        _free,
+        _takeable,
     )
     .values(holder=bindparam("p_holder"), expires_at=bindparam("p_expires_at"))
 )
@@ -51,9 +55,14 @@ class SqlLeases:
         self._clock = clock
         self._slots_made: set[tuple[str, int]] = set()
 
-    def acquire(self, job: str, *, cap: int, holder: str, lease_s: float) -> bool:
-        """Take a free slot of `job` for `holder` until now + `lease_s`; False when all `cap` are held."""
+    def acquire(self, job: str, *, cap: int, key: str, token: str, lease_s: float) -> bool:
+        """Take a slot of `job` for the attempt `token` of run `key` until now + `lease_s`.
+
+        False when all `cap` slots are held by other runs. A slot an earlier attempt of the same run
+        still holds (it died) is taken over at once.
+        """
         now = self._clock()
+        prefix = f"{key}#"
         with translate_errors(), self._engine.begin() as conn:
             if (job, cap) not in self._slots_made:
                 self._ensure_slots(conn, job, cap)
@@ -63,15 +72,18 @@ class SqlLeases:
                     "p_job": job,
                     "p_cap": cap,
                     "p_now": now,
-                    "p_holder": holder,
+                    "p_holder": prefix + token,
+                    "p_prefix": prefix,
+                    "p_prefix_len": len(prefix),
                     "p_expires_at": now + timedelta(seconds=lease_s),
                 },
             )
             return bool(taken.rowcount == 1)
 
-    def release(self, job: str, *, holder: str) -> None:
+    def release(self, job: str, *, key: str, token: str) -> None:
+        """Free the slot this attempt holds, if it still holds it."""
         with translate_errors(), self._engine.begin() as conn:
-            conn.execute(_RELEASE, {"p_job": job, "p_holder": holder})
+            conn.execute(_RELEASE, {"p_job": job, "p_holder": f"{key}#{token}"})
 
     def held(self, job: str) -> int:
         """Slots of `job` held by a live lease right now."""

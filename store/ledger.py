@@ -31,7 +31,8 @@ _INSERT_RUN = insert(_runs).returning(*_runs.c)
 _INSERT_EVENT = insert(_events)
 _CLAIM = (
     update(_runs)
-    .where(_runs.c.dispatch_key == _p("key"), _runs.c.status.in_(CLAIMABLE))
+    # `lost` takes the slow path, where a run that keeps killing its worker is declared dead.
+    .where(_runs.c.dispatch_key == _p("key"), _runs.c.status.in_(CLAIMABLE - {RunStatus.LOST}))
     .values(
         status=RunStatus.RUNNING,
         attempt=_runs.c.attempt + 1,
@@ -181,7 +182,7 @@ class SqlLedger:
                 pass
             with self._sessions() as s:
                 row = _lock(s, new.dispatch_key)
-                if row.status in REOPENABLE:
+                if row.status in REOPENABLE or (row.status == RunStatus.LOST and row.mode == "inline"):
                     row.status = RunStatus.QUEUED
                     row.correlation_id, row.trigger, row.mode = new.correlation_id, new.trigger, new.mode
                     row.queued_at = row.updated_at = now
@@ -243,17 +244,17 @@ class SqlLedger:
                         return Claim("busy", RunView.of(orm_row))
                     orm_row.status = RunStatus.LOST
                     _event(s, orm_row, now, detail="lease expired; holder presumed dead")
-                    if orm_row.attempt >= max_attempts:
-                        _set(
-                            orm_row,
-                            RunStatus.DEAD,
-                            now,
-                            error=("AttemptsExhausted", f"{orm_row.attempt} attempts"),
-                        )
-                        _event(s, orm_row, now, detail="attempts exhausted")
-                        s.commit()
-                        return Claim("exhausted", RunView.of(orm_row))
-                elif orm_row.status not in CLAIMABLE:
+                if orm_row.status == RunStatus.LOST and orm_row.attempt >= max_attempts:
+                    _set(
+                        orm_row,
+                        RunStatus.DEAD,
+                        now,
+                        error=("AttemptsExhausted", f"{orm_row.attempt} attempts"),
+                    )
+                    _event(s, orm_row, now, detail="attempts exhausted")
+                    s.commit()
+                    return Claim("exhausted", RunView.of(orm_row))
+                if orm_row.status not in CLAIMABLE:
                     orm_row.duplicates += 1
                     s.commit()
                     return Claim("duplicate", RunView.of(orm_row))
@@ -273,15 +274,37 @@ class SqlLedger:
         result: Mapping[str, Any] | None = None,
         detail: str | None = None,
     ) -> RunView | None:
-        """Move a run to `status`. With a token, only while that attempt still holds the lease."""
+        """Move a run to `status`.
+
+        With a token, only while that attempt still holds the lease; without one, only a run no
+        attempt holds and that has not ended (a claimable status), so a late verdict about one
+        message never overwrites a run that another delivery is running or has finished.
+        """
         now = self._clock()
         with translate_errors(), self._sessions() as s:
             row = _lock(s, key)
-            if token is not None and row.lease_token != token:
+            if row.lease_token != token if token is not None else row.status not in CLAIMABLE:
                 return None
             err = (type(error).__name__, str(error)) if error is not None else None
             _set(row, status, now, error=err, result=result)
             _event(s, row, now, detail=detail or (f"{err[0]}: {err[1]}" if err else None))
+            s.commit()
+            return RunView.of(row)
+
+    def release(self, key: str, *, token: str, status: RunStatus, detail: str) -> RunView | None:
+        """Give back the claim of an attempt that never started the job (no slot): it is not counted."""
+        now = self._clock()
+        with translate_errors(), self._sessions() as s:
+            row = _lock(s, key)
+            if row.lease_token != token:
+                return None
+            row.attempt -= 1
+            if status == RunStatus.DEFERRED:
+                row.deferrals += 1
+            _set(row, status, now)
+            if status not in FINAL:
+                row.finished_at = None
+            _event(s, row, now, detail=detail)
             s.commit()
             return RunView.of(row)
 

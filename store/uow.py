@@ -57,11 +57,18 @@ class SqlBackgroundJobs:
             .limit(limit)
             .with_for_update(skip_locked=True)
         ).all()
+        claimed = []
         for row in rows:
+            if row.status == "running" and row.attempts >= row.max_attempts:
+                # Its last attempt died with its worker (a handler that crashes the process): give up.
+                row.status, row.finished_at, row.locked_until = "failed", now, None
+                row.last_error = f"attempt {row.attempts} of {row.max_attempts} never finished"
+                continue
             row.status = "running"
             row.attempts += 1
             row.locked_until = now + timedelta(seconds=lease_s)
-        return [BackgroundJob(r.id, r.type, dict(r.payload), r.attempts, r.max_attempts) for r in rows]
+            claimed.append(row)
+        return [BackgroundJob(r.id, r.type, dict(r.payload), r.attempts, r.max_attempts) for r in claimed]
 
     def mark_done(self, job_id: int, *, now: datetime) -> None:
         row = self._s.get_one(BackgroundJobRow, job_id)

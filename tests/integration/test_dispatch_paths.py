@@ -7,7 +7,7 @@ import os
 import signal
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -121,3 +121,16 @@ def test_status_joins_queue_depths_with_the_ledger(runtime: Runtime, settings: S
     # The management API refreshes queue statistics every few seconds.
     row = wait_for(lambda: (r := line()).split()[1] == "1" and r, timeout_s=30, every_s=1, what="queue stats")
     assert row.endswith("queued=1")
+
+
+def test_a_job_without_a_schedule_dedups_within_a_minute_and_runs_again_the_next(runtime: Runtime) -> None:
+    minute = datetime(2026, 3, 1, 9, 5, tzinfo=UTC)
+    runtime.dispatcher.clock = lambda: minute + timedelta(seconds=10)
+    first = runtime.dispatcher.dispatch("test-record", trigger="http")
+    runtime.dispatcher.clock = lambda: minute + timedelta(seconds=50)
+    retried = runtime.dispatcher.dispatch("test-record", trigger="http")
+    runtime.dispatcher.clock = lambda: minute + timedelta(seconds=70)
+    later = runtime.dispatcher.dispatch("test-record", trigger="http")
+    assert retried.duplicate and retried.dispatch_key == first.dispatch_key
+    assert not later.duplicate and later.dispatch_key != first.dispatch_key
+    assert first.dispatch_key.startswith("test-record:2026-03-01T09:05Z:")

@@ -28,8 +28,14 @@ def test_sigkilled_worker_run_is_redelivered_marked_lost_and_runs_once(
 ) -> None:
     d = runtime.dispatcher.dispatch("test-crashable", trigger="cli", params={"sleep_s": 2.5})
     first = workers.start(threads=2)
-    running = wait_for(
-        lambda: (r := runtime.ledger.get(d.dispatch_key)) and r.status == "running" and r, what="running"
+    running = wait_for(  # claimed and holding its slot: the job body is under way
+        lambda: (
+            (r := runtime.ledger.get(d.dispatch_key))
+            and r.status == "running"
+            and runtime.leases.held("test-crashable") == 1
+            and r
+        ),
+        what="running",
     )
     os.kill(running.worker_pid, signal.SIGKILL)
     first.wait(timeout=30)  # the dramatiq master stops when one of its workers dies

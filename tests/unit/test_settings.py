@@ -74,3 +74,25 @@ def test_inline_mode_needs_no_broker(tmp_path: object) -> None:
     assert queued.returncode == 3
     assert queued.stderr.strip().splitlines() == [queued.stderr.strip()], "one line"
     assert "could not publish to RabbitMQ at amqp://guest:***@127.0.0.1:1" in queued.stderr
+
+
+def test_an_empty_variable_means_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    # compose passes `${OFFLOAD_WEBHOOK_SIGNING_SECRET:-}`: empty must not be read as a bad secret.
+    monkeypatch.setenv("OFFLOAD_WEBHOOK_SIGNING_SECRET", "")
+    assert Settings.load().webhook_signing_secret is None
+
+
+def test_a_refused_write_is_a_500_and_an_unreachable_database_a_503() -> None:
+    import falcon
+    from falcon import testing
+
+    from ingress.errors import store_error
+    from store.errors import StoreError, StoreUnavailable
+
+    for error, status in (
+        (StoreUnavailable("down"), falcon.HTTP_503),
+        (StoreError("bad data"), falcon.HTTP_500),
+    ):
+        resp = falcon.Response()
+        store_error(testing.create_req(), resp, error, {})
+        assert resp.status == status

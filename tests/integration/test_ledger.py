@@ -1,0 +1,97 @@
+"""The ledger's claim, release and finish rules, on both backends: who may write what, and when."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from domain.runs import RunStatus
+from offload.wiring import Runtime
+from store.ledger import NewRun, SqlLedger, Worker
+
+A, B = Worker("host-a", 1), Worker("host-b", 2)
+
+
+def new_run(key: str = "k", *, mode: str = "queue") -> NewRun:
+    return NewRun(
+        job="test-record",
+        dispatch_key=key,
+        message_id=key,
+        correlation_id="c",
+        trigger="cli",
+        mode=mode,
+        slot=None,
+        params={},
+    )
+
+
+def at(runtime: Runtime, when: datetime) -> SqlLedger:
+    return SqlLedger(runtime.engine, clock=lambda: when)
+
+
+def test_a_verdict_without_a_token_never_overwrites_a_running_or_finished_run(runtime: Runtime) -> None:
+    ledger = runtime.ledger
+    ledger.record_dispatch(new_run())
+    claim = ledger.claim(new_run(), lease_s=60, worker=A, max_attempts=3)
+    assert claim.token is not None
+    assert ledger.finish("k", RunStatus.SKIPPED, token=None, detail="late copy") is None
+    assert ledger.finish("k", RunStatus.DEAD, token="someone-else", detail="zombie") is None
+    with runtime.uow() as uow:
+        ledger.complete_in(uow.session, "k", claim.token, {"ok": 1})
+        uow.commit()
+    assert ledger.finish("k", RunStatus.DEAD, token=None, detail="late copy") is None
+    assert ledger.get("k").status == RunStatus.SUCCEEDED  # type: ignore[union-attr]
+
+
+def test_a_claim_given_back_does_not_count_as_an_attempt(runtime: Runtime) -> None:
+    ledger = runtime.ledger
+    ledger.record_dispatch(new_run())
+    claim = ledger.claim(new_run(), lease_s=60, worker=A, max_attempts=3)
+    assert claim.token is not None
+    run = ledger.release("k", token=claim.token, status=RunStatus.DEFERRED, detail="cap full")
+    assert run is not None and (run.status, run.attempt, run.deferrals) == ("deferred", 0, 1)
+    assert run.lease_expires_at is None and run.finished_at is None
+    again = ledger.claim(new_run(), lease_s=60, worker=B, max_attempts=3)
+    assert again.outcome == "claimed" and again.run.attempt == 1
+
+
+def test_a_live_holder_makes_a_second_copy_wait_and_a_dead_one_is_taken_over(runtime: Runtime) -> None:
+    start = datetime.now(UTC) - timedelta(minutes=5)
+    at(runtime, start).record_dispatch(new_run())
+    first = at(runtime, start).claim(new_run(), lease_s=60, worker=A, max_attempts=3)
+    assert (
+        at(runtime, start + timedelta(seconds=30))
+        .claim(new_run(), lease_s=60, worker=B, max_attempts=3)
+        .outcome
+        == "busy"
+    )
+    taken = runtime.ledger.claim(new_run(), lease_s=60, worker=B, max_attempts=3)
+    assert taken.outcome == "claimed" and taken.token != first.token and taken.run.attempt == 2
+    statuses = [(e.status, e.worker_host) for e in runtime.ledger.events("k")]
+    assert statuses[-2:] == [("lost", "host-a"), ("running", "host-b")]
+
+
+@pytest.mark.parametrize("reaped_first", [False, True])
+def test_a_run_that_keeps_killing_its_worker_ends_dead(runtime: Runtime, reaped_first: bool) -> None:
+    long_ago = datetime.now(UTC) - timedelta(hours=1)
+    at(runtime, long_ago).record_dispatch(new_run())
+    at(runtime, long_ago).claim(new_run(), lease_s=1, worker=A, max_attempts=1)
+    if reaped_first:
+        assert runtime.ledger.reap() == 1
+    claim = runtime.ledger.claim(new_run(), lease_s=60, worker=B, max_attempts=1)
+    assert claim.outcome == "exhausted" and claim.run.status == RunStatus.DEAD
+
+
+def test_an_inline_run_lost_with_its_process_runs_again_on_the_next_trigger(runtime: Runtime) -> None:
+    long_ago = datetime.now(UTC) - timedelta(hours=1)
+    at(runtime, long_ago).record_dispatch(new_run(mode="inline"))
+    at(runtime, long_ago).claim(new_run(mode="inline"), lease_s=1, worker=A, max_attempts=1 << 30)
+    runtime.ledger.reap()
+    run, duplicate = runtime.ledger.record_dispatch(new_run(mode="inline"))
+    assert not duplicate and run.status == RunStatus.QUEUED
+    queued_lost = new_run("q")
+    at(runtime, long_ago).record_dispatch(queued_lost)
+    at(runtime, long_ago).claim(queued_lost, lease_s=1, worker=A, max_attempts=3)
+    runtime.ledger.reap()
+    assert runtime.ledger.record_dispatch(queued_lost)[1], "a queue run's message is redelivered instead"
