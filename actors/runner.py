@@ -35,7 +35,11 @@ class InlineOutcome:
 
 
 class JobRunner:
-    """Executes domain functions: their effects and the `succeeded` mark commit in one transaction.
+    """Executes domain functions; the `succeeded` mark commits with the job's last unit of work.
+
+    A job that commits progress in batches (`uow.commit()`) keeps each batch idempotent; the final
+    batch and the mark commit together, fenced by the attempt's lease token, so a zombie attempt
+    whose run was taken over cannot record success or commit its last batch.
 
     Parameters:
       ledger, leases: the guards' stores.
@@ -66,7 +70,7 @@ class JobRunner:
         return spec.time_limit_ms / 1000 + self.lease_grace_s
 
     def execute(self, spec: JobSpec, key: str, token: str, params: Mapping[str, Any]) -> Mapping[str, Any]:
-        """Call the domain function and commit its work together with the fenced `succeeded` mark."""
+        """Call the domain function and commit its last work together with the fenced `succeeded` mark."""
         with self.uow() as uow:
             result = spec.run(JobContext(key=key, uow=uow, params=params, now=self.clock(), ports=self.ports))
             self.ledger.complete_in(uow.session, key, token, result)

@@ -8,6 +8,7 @@ from typing import Any
 
 from domain.context import JobContext
 from domain.errors import PermanentError
+from domain.params import int_param
 
 #: Seconds a claimed row stays ours before another drain may take it over.
 ROW_LEASE_S = 300.0
@@ -27,7 +28,7 @@ def drain(ctx: JobContext) -> Mapping[str, Any]:
     A handler runs inside the unit of work's transaction and commits with the row's new status, so
     handlers do database work only; one that calls out should enqueue a job of its own instead.
     """
-    limit = int(ctx.params.get("batch_size", 100))
+    limit = int_param(ctx.params, "batch_size", 100)
     uow = ctx.uow
     claimed = uow.background_jobs.claim_due(now=ctx.now, limit=limit, lease_s=ROW_LEASE_S)
     uow.commit()

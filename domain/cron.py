@@ -53,11 +53,6 @@ def fires(expr: str, tz: str, *, after: datetime, until: datetime | None = None)
         yield at
 
 
-def next_fire(expr: str, tz: str, *, after: datetime) -> datetime:
-    """The first fire time strictly after `after`, in UTC."""
-    return next(fires(expr, tz, after=after))
-
-
 def latest_fire(expr: str, tz: str, *, now: datetime) -> datetime:
     """The latest fire time at or before `now` (the schedule slot `now` belongs to), in UTC."""
     now = now.astimezone(UTC).replace(second=0, microsecond=0)

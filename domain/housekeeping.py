@@ -8,6 +8,7 @@ from typing import Any
 
 from domain.context import JobContext
 from domain.errors import PermanentError
+from domain.params import int_param
 from domain.ports import Housekeeping
 
 #: Rows one run touches at most, so a run stays short however large the backlog.
@@ -25,7 +26,7 @@ def _port(ctx: JobContext) -> Housekeeping:
 
 def reap_expired_leases(ctx: JobContext) -> Mapping[str, Any]:
     """Turn `running` runs whose holder died (lease expired) into `lost`; RabbitMQ redelivers them."""
-    limit = int(ctx.params.get("batch_size", REAP_BATCH))
+    limit = int_param(ctx.params, "batch_size", REAP_BATCH)
     reaped = _port(ctx).reap(limit=limit)
     return {"reaped": reaped, "has_more": reaped == limit}
 
@@ -34,7 +35,7 @@ def requeue_stale_runs(ctx: JobContext) -> Mapping[str, Any]:
     """Publish again runs left `queued` for longer than `older_than_s` (no message carries them)."""
     if ctx.ports.requeue is None:
         raise PermanentError("no requeue adapter is configured")
-    limit = int(ctx.params.get("batch_size", REAP_BATCH))
+    limit = int_param(ctx.params, "batch_size", REAP_BATCH)
     before = ctx.now - timedelta(seconds=float(ctx.params.get("older_than_s", STALE_QUEUED_S)))
     requeued = ctx.ports.requeue.requeue_stale(queued_before=before, limit=limit)
     return {"requeued": requeued, "has_more": requeued == limit}
@@ -43,7 +44,7 @@ def requeue_stale_runs(ctx: JobContext) -> Mapping[str, Any]:
 def purge_ledger(ctx: JobContext) -> Mapping[str, Any]:
     """Delete ended runs and run events older than the retention days, at most a batch of each."""
     port = _port(ctx)
-    limit = int(ctx.params.get("batch_size", PURGE_BATCH))
+    limit = int_param(ctx.params, "batch_size", PURGE_BATCH)
     runs = port.purge_runs(
         finished_before=ctx.now - timedelta(days=ctx.ports.ledger_retention_days), limit=limit
     )

@@ -100,9 +100,6 @@ class Registry:
     def names(self) -> list[str]:
         return list(self._specs)
 
-    def by_actor(self) -> Mapping[str, JobSpec]:
-        return {spec.actor_name: spec for spec in self._specs.values()}
-
     def extended(self, specs: Iterable[JobSpec]) -> Registry:
         return Registry([*self._specs.values(), *specs])
 

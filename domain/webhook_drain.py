@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from domain.context import JobContext
 from domain.errors import PermanentError, TransientError
+from domain.params import int_param
 from domain.webhooks import KNOWN_TYPES, EmailWebhook
 
 DRAIN_JOB = "webhook-drain"
@@ -110,7 +111,7 @@ def sweep(ctx: JobContext) -> Mapping[str, Any]:
         raise PermanentError("no drain queue is bound to the ports; the sweeper cannot publish")
     older_than_s = float(ctx.params.get("older_than_s", SWEEP_OLDER_THAN_S))
     requeue_after_s = float(ctx.params.get("requeue_after_s", SWEEP_REQUEUE_AFTER_S))
-    limit = int(ctx.params.get("batch_size", SWEEP_BATCH_SIZE))
+    limit = int_param(ctx.params, "batch_size", SWEEP_BATCH_SIZE)
     uow = ctx.uow
     due = uow.webhook_events.due_for_redrive(
         statuses=OPEN,

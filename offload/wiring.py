@@ -86,7 +86,9 @@ class Runtime:
 def build(settings: Settings, *, registry: Registry = JOBS, ports: Ports | None = None) -> Runtime:
     settings.check_jobs(registry.names)
     registry = settings.scheduled(registry)
-    engine = db.make_engine(settings.database_url, pool_size=max(5, settings.worker_threads + 2))
+    engine = db.make_engine(
+        settings.database_url, pool_size=max(settings.worker_threads, settings.web_threads) + 2
+    )
     sessions = db.make_sessions(engine)
     ledger = SqlLedger(engine)
     leases = SqlLeases(engine)

@@ -443,11 +443,6 @@ class SqlLedger:
             row = s.scalars(select(Run).where(Run.dispatch_key == key)).one_or_none()
             return RunView.of(row) if row else None
 
-    def get_by_id(self, run_id: int) -> RunView | None:
-        with translate_errors(), self._sessions() as s:
-            row = s.get(Run, run_id)
-            return RunView.of(row) if row else None
-
     def runs(
         self, *, job: str | None = None, status: str | None = None, limit: int = 50
     ) -> Sequence[RunView]:

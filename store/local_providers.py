@@ -149,14 +149,6 @@ class LocalEmailSender:
             select(SentEmailRow.provider_message_id).where(SentEmailRow.idempotency_key == key)
         ).first()
 
-    def outbox(self, *, to_email: str | None = None) -> list[tuple[str, str, str]]:
-        """(idempotency key, recipient, subject) of every email sent, oldest first."""
-        with _provider_call(self._sessions, "email sender") as s:
-            query = select(SentEmailRow.idempotency_key, SentEmailRow.to_email, SentEmailRow.subject)
-            if to_email is not None:
-                query = query.where(SentEmailRow.to_email == to_email)
-            return [(k, t, subj) for k, t, subj in s.execute(query.order_by(SentEmailRow.id))]
-
 
 class LocalLeadVariables:
     """LeadVariables over the `platform_lead_variables` table."""

@@ -166,3 +166,10 @@ def test_a_client_with_impossible_hours_or_zone_is_refused(
 ) -> None:
     with pytest.raises(PermanentError, match=message):
         add_client(store, **changes)
+
+
+def test_every_known_event_type_has_a_handler_and_no_handler_is_unknown() -> None:
+    from domain.email_events import HANDLERS
+    from domain.webhooks import KNOWN_TYPES
+
+    assert set(HANDLERS) == set(KNOWN_TYPES)
