@@ -267,6 +267,7 @@ def require_broker(settings: Settings) -> None:
 
 def _register() -> None:
     """Commands whose bodies live in their own modules."""
+    from offload.audit import export, verify
     from offload.bench import bench
     from offload.bench_ingress import ingress as bench_ingress
     from offload.demo import demo
@@ -279,6 +280,8 @@ def _register() -> None:
     cli.add_command(scheduler)
     cli.add_command(dev)
     cli.add_command(demo)
+    cli.add_command(export)
+    cli.add_command(verify)
 
 
 _register()

@@ -444,14 +444,21 @@ class SqlLedger:
             return RunView.of(row) if row else None
 
     def runs(
-        self, *, job: str | None = None, status: str | None = None, limit: int = 50
+        self,
+        *,
+        job: str | None = None,
+        status: str | None = None,
+        since: datetime | None = None,
+        limit: int | None = 50,
     ) -> Sequence[RunView]:
-        """The newest runs first, optionally of one job or status."""
+        """The newest runs first, optionally of one job or status, or queued since a time."""
         query = select(Run).order_by(Run.queued_at.desc(), Run.id.desc()).limit(limit)
         if job:
             query = query.where(Run.job == job)
         if status:
             query = query.where(Run.status == status)
+        if since:
+            query = query.where(Run.queued_at >= since)
         with translate_errors(), self._sessions() as s:
             return [RunView.of(r) for r in s.scalars(query)]
 
@@ -471,6 +478,13 @@ class SqlLedger:
     def replay_count(self, run_id: int) -> int:
         with translate_errors(), self._engine.connect() as conn:
             return int(conn.scalar(select(func.count()).where(_runs.c.replay_of == run_id)) or 0)
+
+    def expired_leases(self) -> int:
+        """`running` runs whose lease has expired: their worker died and the reaper has not run yet."""
+        now = self._clock()
+        query = select(func.count()).where(Run.status == RunStatus.RUNNING, Run.lease_expires_at < now)
+        with translate_errors(), self._engine.connect() as conn:
+            return int(conn.scalar(query) or 0)
 
     def counts(self) -> Mapping[tuple[str, str], int]:
         """Runs per (job, status)."""

@@ -134,3 +134,44 @@ def test_a_job_without_a_schedule_dedups_within_a_minute_and_runs_again_the_next
     assert retried.duplicate and retried.dispatch_key == first.dispatch_key
     assert not later.duplicate and later.dispatch_key != first.dispatch_key
     assert first.dispatch_key.startswith("test-record:2026-03-01T09:05Z:")
+
+
+def test_export_lists_runs_with_history_and_verify_flags_expired_leases(
+    runtime: Runtime, settings: Settings
+) -> None:
+    from store.ledger import NewRun, SqlLedger, Worker
+
+    ok = runtime.dispatcher.dispatch("test-record", trigger="cli", inline=True)
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "offload.cli", *args],
+            cwd=ROOT,
+            env=env_for(settings),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    lines = [json.loads(line) for line in cli("export").stdout.splitlines()]
+    assert [(r["dispatch_key"], [e["status"] for e in r["events"]]) for r in lines] == [
+        (ok.dispatch_key, ["queued", "running", "succeeded"])
+    ]
+    assert cli("verify").returncode == 0
+
+    an_hour_ago = SqlLedger(runtime.engine, clock=lambda: datetime.now(UTC) - timedelta(hours=1))
+    dead_worker = NewRun(
+        job="test-record",
+        dispatch_key="orphaned",
+        message_id="m",
+        correlation_id="c",
+        trigger="cli",
+        mode="queue",
+        slot=None,
+        params={},
+    )
+    an_hour_ago.record_dispatch(dead_worker)
+    an_hour_ago.claim(dead_worker, lease_s=60, worker=Worker("gone", 1), max_attempts=3)
+    checked = cli("verify")
+    assert checked.returncode == 1
+    assert "PROBLEM 1 running run(s) hold an expired lease (worker died): `offload reap`" in checked.stdout
