@@ -18,8 +18,6 @@ from tests.ingress.conftest import effects_of, stored_events
 from tests.support.jobs import TEST_REGISTRY
 from tests.support.webhooks import RECORDING_PORTS, encode, payload
 
-NOW = datetime.now(UTC)
-
 
 def store(
     runtime: Runtime,
@@ -31,7 +29,8 @@ def store(
     queued_age_s: float | None = 0,
     status: str = "pending",
 ) -> int:
-    received = NOW - timedelta(seconds=age_s)
+    now = datetime.now(UTC)  # ages are relative to the moment of storing, as the sweeper sees them
+    received = now - timedelta(seconds=age_s)
     new = NewWebhookEvent(
         provider="email",
         provider_event_id=event_id,
@@ -42,7 +41,7 @@ def store(
         status=status,
         status_reason=None,
         received_at=received,
-        queued_at=None if queued_age_s is None else NOW - timedelta(seconds=queued_age_s),
+        queued_at=None if queued_age_s is None else now - timedelta(seconds=queued_age_s),
     )
     with runtime.uow() as uow:
         row_id, duplicate = uow.webhook_events.add(new)
