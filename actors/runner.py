@@ -71,9 +71,10 @@ class JobRunner:
 
     def execute(self, spec: JobSpec, key: str, token: str, params: Mapping[str, Any]) -> Mapping[str, Any]:
         """Call the domain function and commit its last work together with the fenced `succeeded` mark."""
+        started_at = self.ledger.now()
         with self.uow() as uow:
             result = spec.run(JobContext(key=key, uow=uow, params=params, now=self.clock(), ports=self.ports))
-            self.ledger.complete_in(uow.session, key, token, result)
+            self.ledger.complete_in(uow.session, key, token, result, started_at=started_at)
             uow.commit()
         logger.info("Run %r succeeded: %s", key, dict(result))
         return result

@@ -59,6 +59,7 @@ _COMPLETE = (
     .values(
         status=RunStatus.SUCCEEDED,
         result=_p("result"),
+        started_at=_p("started_at"),
         finished_at=_p("now"),
         updated_at=_p("now"),
         lease_token=None,
@@ -323,16 +324,31 @@ class SqlLedger:
             s.commit()
             return RunView.of(row)
 
-    def complete_in(self, session: Session, key: str, token: str, result: Mapping[str, Any]) -> None:
+    def now(self) -> datetime:
+        """The ledger's clock, for timestamps taken outside it (when a job's body started)."""
+        return self._clock()
+
+    def complete_in(
+        self, session: Session, key: str, token: str, result: Mapping[str, Any], *, started_at: datetime
+    ) -> None:
         """Mark the attempt succeeded inside the caller's transaction, so it commits with the job's effects.
 
+        `started_at` is when the job's body began (after its slot was taken), so the run's timings
+        show the job itself; the claim's time stays in the run's history.
         Raises LeaseLost when another attempt took the run over: the caller must roll back.
         """
         now = self._clock()
         with translate_errors():
             conn = session.connection()
             row = conn.execute(
-                _COMPLETE, {"p_key": key, "p_token": token, "p_result": dict(result), "p_now": now}
+                _COMPLETE,
+                {
+                    "p_key": key,
+                    "p_token": token,
+                    "p_result": dict(result),
+                    "p_now": now,
+                    "p_started_at": started_at,
+                },
             ).one_or_none()
             if row is None:
                 raise LeaseLost(key)

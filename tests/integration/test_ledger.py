@@ -38,7 +38,7 @@ def test_a_verdict_without_a_token_never_overwrites_a_running_or_finished_run(ru
     assert ledger.finish("k", RunStatus.SKIPPED, token=None, detail="late copy") is None
     assert ledger.finish("k", RunStatus.DEAD, token="someone-else", detail="zombie") is None
     with runtime.uow() as uow:
-        ledger.complete_in(uow.session, "k", claim.token, {"ok": 1})
+        ledger.complete_in(uow.session, "k", claim.token, {"ok": 1}, started_at=ledger.now())
         uow.commit()
     assert ledger.finish("k", RunStatus.DEAD, token=None, detail="late copy") is None
     assert ledger.get("k").status == RunStatus.SUCCEEDED  # type: ignore[union-attr]

@@ -112,7 +112,7 @@ def test_database_outage_mid_run_runs_nothing_unguarded_and_loses_nothing(
     quick = [runtime.dispatcher.dispatch("test-record", trigger="cli", params={"i": i}) for i in range(5)]
     workers.settings = worker_settings
     workers.start(threads=1, OFFLOAD_TEST_TRACE=str(trace))
-    wait_for(lambda: status(runtime, slow.dispatch_key) == "running", what="the slow run to start")
+    wait_for(lambda: slow.dispatch_key in _started(trace, after=0, before=time.time()), what="the slow body")
     cut()
     down_at = time.time()
     time.sleep(8.0)
