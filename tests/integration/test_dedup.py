@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 
 from offload.settings import Settings
 from offload.wiring import Runtime
@@ -61,6 +62,8 @@ def test_two_copies_of_one_message_in_flight_run_once(runtime: Runtime, workers:
 
 
 def test_failed_run_releases_its_key_for_a_new_trigger(runtime: Runtime) -> None:
+    now = datetime.now(UTC)
+    runtime.dispatcher.clock = lambda: now  # one slot for every trigger below, whatever the minute
     first = runtime.dispatcher.dispatch("test-explode", trigger="cli", inline=True)
     assert first.status == "failed"
     again = runtime.dispatcher.dispatch("test-explode", trigger="cli", inline=True)
