@@ -246,14 +246,13 @@ def require_broker(settings: Settings) -> None:
     """Stop with one line saying how to start RabbitMQ when it cannot be reached."""
     import logging
 
-    import pika
+    from offload.web import broker_probe
 
     pika_logger = logging.getLogger("pika")
     level = pika_logger.level
     pika_logger.setLevel(logging.CRITICAL)  # the one line below says it all
     try:
-        conn = pika.BlockingConnection(pika.URLParameters(settings.broker_url))
-        conn.close()
+        broker_probe(settings.broker_url)()  # one connection attempt with a socket timeout
     except Exception as e:
         click.echo(
             f"offload: RabbitMQ is not reachable at {redact(settings.broker_url)} ({type(e).__name__}); "
