@@ -17,10 +17,12 @@ from store.leases import SqlLeases
 class ConcurrencyCap(Middleware):
     """Hold one of the job's `concurrency_cap` database leases while the claimed attempt runs.
 
-    Runs after Dedup, so only the one attempt that claimed its run competes for a slot. A message
-    that finds every slot held gives its claim back and is deferred (re-enqueued with a delay, no
-    retry consumed) or, with `overlap="skip"`, ends `skipped`. A holder that dies keeps its slot
-    until the lease expires, except against a later attempt of its own run, which takes it over.
+    Runs after Dedup, so only the one attempt that claimed its run competes for a slot; the slot is
+    taken in the same transaction as the claim. A message that finds every slot held rolls its claim
+    back and is deferred (re-enqueued with a delay, no retry consumed) or, with `overlap="skip"`,
+    ends `skipped`. The slot is freed with the run's `succeeded` mark, or here after any other end.
+    A holder that dies keeps its slot until the lease expires, except against a later attempt of its
+    own run, which takes it over.
     If the database cannot be reached the message is deferred: nothing runs unguarded.
 
     Parameters:
@@ -44,8 +46,10 @@ class ConcurrencyCap(Middleware):
             return
         max_wait_ms = attempt.option(broker, message, "max_wait_ms", attempt.DEFAULT_MAX_WAIT_MS)
         delay_ms = int(self.retry_delay_ms * (1 + random.random() / 2))
+        assert state.guard is not None, "Dedup opens the guards' transaction"
         try:
             acquired = self.leases.acquire(
+                state.guard,
                 state.job,
                 cap=cap,
                 key=state.key,
@@ -53,6 +57,7 @@ class ConcurrencyCap(Middleware):
                 lease_s=attempt.option(broker, message, "lease_s", attempt.DEFAULT_LEASE_S),
             )
         except StoreError as e:
+            state.give_back()
             defer(
                 broker,
                 message,
@@ -62,6 +67,7 @@ class ConcurrencyCap(Middleware):
                 detail=f"store unavailable: {e}",
             )
         if not acquired:
+            state.give_back()
             detail = f"concurrency cap {cap} reached"
             if attempt.option(broker, message, "overlap", "defer") == "skip":
                 state.verdict = ("skipped", detail)

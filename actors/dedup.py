@@ -9,12 +9,16 @@ from dramatiq.middleware import Middleware, SkipMessage
 
 from actors import attempt
 from actors.defer import defer
+from store import db
 from store.errors import StoreError
 from store.ledger import SqlLedger
 
 
 class Dedup(Middleware):
     """Claim the message's dispatch key on the ledger before the actor runs.
+
+    The claim is made in the guards' transaction (see `attempt.Attempt.guard`), which
+    StatusLedger commits once ConcurrencyCap has added the slot.
 
     A key that already succeeded is skipped and counted as a duplicate. A key held by a live
     attempt elsewhere (a second copy of the message) is deferred until that lease can expire. A
@@ -26,7 +30,7 @@ class Dedup(Middleware):
       busy_delay_ms: the longest a second copy waits before looking again.
     """
 
-    def __init__(self, *, ledger: SqlLedger, busy_delay_ms: int = 5_000) -> None:
+    def __init__(self, *, ledger: SqlLedger, busy_delay_ms: int = attempt.STORE_RETRY_DELAY_MS) -> None:
         self.logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
         self.ledger = ledger
         self.busy_delay_ms = busy_delay_ms
@@ -36,12 +40,23 @@ class Dedup(Middleware):
         max_wait_ms = attempt.option(broker, message, "max_wait_ms", attempt.DEFAULT_MAX_WAIT_MS)
         max_retries = attempt.option(broker, message, "max_retries", 20)
         try:
-            claim = self.ledger.claim(
-                attempt.new_run(broker, message),
-                lease_s=attempt.option(broker, message, "lease_s", attempt.DEFAULT_LEASE_S),
-                worker=attempt.this_worker(),
-                max_attempts=max_retries + 1,
-            )
+            guard = self.ledger.begin()
+            try:
+                claim = self.ledger.claim(
+                    attempt.new_run(broker, message),
+                    lease_s=attempt.option(broker, message, "lease_s", attempt.DEFAULT_LEASE_S),
+                    worker=attempt.this_worker(),
+                    max_attempts=max_retries + 1,
+                    conn=guard,
+                )
+            except BaseException:
+                db.end(guard, commit=False)
+                raise
+            if claim.outcome == "claimed":  # the guards' transaction stays open for the slot
+                state.token, state.guard = claim.token, guard
+                attempt.current.set(state)
+                return
+            db.end(guard, commit=True)  # a duplicate's count, a dead mark
         except StoreError as e:
             defer(
                 broker,
@@ -51,10 +66,6 @@ class Dedup(Middleware):
                 status="deferred",
                 detail=f"store unavailable: {e}",
             )
-        if claim.outcome == "claimed":
-            state.token = claim.token
-            attempt.current.set(state)
-            return
         if claim.outcome == "busy":
             assert claim.run.lease_expires_at is not None
             wait_ms = int((claim.run.lease_expires_at.timestamp() - attempt.now_ms() / 1000) * 1000) + 100

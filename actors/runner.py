@@ -16,6 +16,7 @@ from domain.context import JobContext
 from domain.ports import Ports
 from domain.registry import JobSpec
 from domain.runs import RunStatus
+from store import db
 from store.errors import LeaseLost
 from store.leases import SqlLeases
 from store.ledger import NewRun, RunView, SqlLedger, utcnow
@@ -69,12 +70,16 @@ class JobRunner:
     def lease_s(self, spec: JobSpec) -> float:
         return spec.time_limit_ms / 1000 + self.lease_grace_s
 
-    def execute(self, spec: JobSpec, key: str, token: str, params: Mapping[str, Any]) -> Mapping[str, Any]:
-        """Call the domain function and commit its last work together with the fenced `succeeded` mark."""
+    def execute(
+        self, spec: JobSpec, key: str, token: str, params: Mapping[str, Any], *, holds_slot: bool
+    ) -> Mapping[str, Any]:
+        """Call the domain function; commit its last work with the fenced `succeeded` mark and the slot."""
         started_at = self.ledger.now()
         with self.uow() as uow:
             result = spec.run(JobContext(key=key, uow=uow, params=params, now=self.clock(), ports=self.ports))
             self.ledger.complete_in(uow.session, key, token, result, started_at=started_at)
+            if holds_slot:
+                self.leases.release(spec.name, key=key, token=token, conn=uow.session.connection())
             uow.commit()
         logger.info("Run %r succeeded: %s", key, dict(result))
         return result
@@ -85,39 +90,52 @@ class JobRunner:
         if state is None or state.key != key or state.token is None:
             raise RuntimeError(f"{spec.actor_name} ran without a claim on {key!r}: is Dedup installed?")
         try:
-            self.execute(spec, key, state.token, params)
+            self.execute(spec, key, state.token, params, holds_slot=state.holds_slot)
         except LeaseLost:
             # Another attempt took the run over while this one ran: its work was rolled back and
             # the run is theirs. Retrying would only find a duplicate.
             logger.warning("Run %r was taken over by another attempt; dropping this one.", key)
             raise SkipMessage(f"lease of {key} lost") from None
+        state.holds_slot = False  # released with the `succeeded` mark
 
     def run_inline(self, spec: JobSpec, new: NewRun) -> InlineOutcome:
-        """Run in this process through the same claim, cap and ledger writes as a worker, in that order."""
+        """Run in this process through the same claim, slot and ledger writes as a worker, in that order."""
         lease_s = self.lease_s(spec)
         key = new.dispatch_key
-        claim = self.ledger.claim(new, lease_s=lease_s, worker=attempt.this_worker(), max_attempts=1 << 30)
-        if claim.token is None:
-            return InlineOutcome(claim.run, None)
-        token = claim.token
         deadline = time.monotonic() + min(INLINE_MAX_WAIT_S, spec.max_wait_ms / 1000)
-        while not self.leases.acquire(
-            spec.name, cap=spec.concurrency_cap, key=key, token=token, lease_s=lease_s
-        ):
+        while True:
+            guard = self.ledger.begin()
+            try:
+                claim = self.ledger.claim(
+                    new, lease_s=lease_s, worker=attempt.this_worker(), max_attempts=1 << 30, conn=guard
+                )
+                slot = claim.token is not None and self.leases.acquire(
+                    guard, spec.name, cap=spec.concurrency_cap, key=key, token=claim.token, lease_s=lease_s
+                )
+            except BaseException:
+                db.end(guard, commit=False)
+                raise
+            db.end(guard, commit=claim.token is None or slot)  # no slot: the claim is rolled back
+            if claim.token is None:
+                return InlineOutcome(claim.run, None)
+            if slot:
+                break
             if spec.overlap == "skip" or time.monotonic() > deadline:
                 status = RunStatus.SKIPPED if spec.overlap == "skip" else RunStatus.FAILED
                 detail = f"concurrency cap {spec.concurrency_cap} reached"
-                run = self.ledger.release(key, token=token, status=status, detail=detail)
+                run = self.ledger.finish(key, status, token=None, detail=detail)
                 return InlineOutcome(run or claim.run, None)
             time.sleep(INLINE_POLL_S)
+        token = claim.token
         try:
-            result = self.execute(spec, key, token, new.params)
+            result = self.execute(spec, key, token, new.params, holds_slot=True)
         except Exception as e:
             logger.exception("Inline run %r failed", key)
-            run = self.ledger.finish(key, RunStatus.FAILED, token=token, error=e)
+            try:
+                run = self.ledger.finish(key, RunStatus.FAILED, token=token, error=e)
+            finally:
+                self.leases.release(spec.name, key=key, token=token)
             return InlineOutcome(run or claim.run, None)
-        finally:
-            self.leases.release(spec.name, key=key, token=token)
         final = self.ledger.get(key)
         assert final is not None
         return InlineOutcome(final, result)

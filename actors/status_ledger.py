@@ -8,7 +8,9 @@ from typing import Any
 from dramatiq.middleware import Middleware
 
 from actors import attempt
+from actors.defer import defer
 from domain.runs import RunStatus
+from store import db
 from store.errors import StoreError
 from store.ledger import SqlLedger
 
@@ -17,7 +19,10 @@ _STOPPED = frozenset({RunStatus.DEFERRED, RunStatus.SKIPPED, RunStatus.DEAD})
 
 
 class StatusLedger(Middleware):
-    """Write `retrying`, `dead`, `deferred` and `skipped`; Dedup writes `running`, `lost` and takeovers.
+    """Commit `running`; write `retrying`, `dead`, `deferred` and `skipped`.
+
+    Dedup and ConcurrencyCap take the run and its slot in one transaction; this commits it, and
+    only then may the job start. If the commit fails the message is deferred.
 
     `succeeded` is committed by the actor body in the same transaction as the job's last unit of
     work, fenced by the attempt's lease token. Place this middleware after ConcurrencyCap and ahead
@@ -28,9 +33,28 @@ class StatusLedger(Middleware):
       ledger: the status ledger.
     """
 
-    def __init__(self, *, ledger: SqlLedger) -> None:
+    def __init__(self, *, ledger: SqlLedger, store_delay_ms: int = attempt.STORE_RETRY_DELAY_MS) -> None:
         self.logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
         self.ledger = ledger
+        self.store_delay_ms = store_delay_ms
+
+    def before_process_message(self, broker: Any, message: Any) -> None:
+        state = attempt.of(broker, message)
+        if state.guard is None:
+            return
+        guard, state.guard = state.guard, None
+        try:
+            db.end(guard, commit=True)
+        except StoreError as e:
+            state.give_back()
+            defer(
+                broker,
+                message,
+                delay_ms=self.store_delay_ms,
+                max_wait_ms=attempt.option(broker, message, "max_wait_ms", attempt.DEFAULT_MAX_WAIT_MS),
+                status="deferred",
+                detail=f"store unavailable: {e}",
+            )
 
     def after_process_message(
         self, broker: Any, message: Any, *, result: Any = None, exception: BaseException | None = None
@@ -45,15 +69,11 @@ class StatusLedger(Middleware):
 
     def after_skip_message(self, broker: Any, message: Any) -> None:
         state = attempt.of(broker, message)
+        state.give_back()  # a guard that stopped the message has already rolled back; never leak it
         if state.verdict is None or state.verdict[0] not in _STOPPED:
             return
         status, detail = RunStatus(state.verdict[0]), state.verdict[1]
-        token = state.token
-        if token is not None:  # claimed, then stopped before the job started: give the claim back
-            self._write(
-                state.key, lambda: self.ledger.release(state.key, token=token, status=status, detail=detail)
-            )
-        elif status == RunStatus.DEFERRED:
+        if status == RunStatus.DEFERRED:
             self._write(state.key, lambda: self.ledger.defer(state.key, detail=detail))
         else:
             self._write(state.key, lambda: self.ledger.finish(state.key, status, token=None, detail=detail))

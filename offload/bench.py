@@ -5,10 +5,11 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import click
+from dramatiq.middleware import Middleware
 
 from offload.settings import Settings
 
@@ -22,18 +23,37 @@ def _noop(ctx: Any) -> Mapping[str, Any]:
     return {}
 
 
-def _drain(broker: Any, done: Callable[[], bool], *, threads: int, timeout_s: float) -> float:
-    """Start an embedded worker, return seconds until `done()`."""
+class _Finished(Middleware):
+    """Counts messages whose processing ended without an exception; both sides count the same way."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.count = 0
+        self.lock = threading.Lock()
+        self.all_done = threading.Event()
+
+    def after_process_message(
+        self, broker: Any, message: Any, *, result: Any = None, exception: BaseException | None = None
+    ) -> None:
+        if exception is None:
+            with self.lock:
+                self.count += 1
+                if self.count >= self.target:
+                    self.all_done.set()
+
+
+def _drain(broker: Any, messages: int, *, threads: int, timeout_s: float) -> float:
+    """Start an embedded worker, return seconds until it has processed `messages` messages."""
     import dramatiq
 
+    finished = _Finished(messages)
+    broker.add_middleware(finished)
     worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=100)
     started = time.perf_counter()
     worker.start()
     try:
-        while not done():
-            if time.perf_counter() - started > timeout_s:
-                raise click.ClickException(f"drain did not finish within {timeout_s} s")
-            time.sleep(0.05)
+        if not finished.all_done.wait(timeout_s):
+            raise click.ClickException(f"drain did not finish within {timeout_s} s")
         return time.perf_counter() - started
     finally:
         worker.stop()
@@ -44,13 +64,9 @@ def _bare(url: str, *, messages: int, threads: int, timeout_s: float) -> float:
     from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
     broker = RabbitmqBroker(url=url)
-    count = 0
-    lock = threading.Lock()
 
     def bare_noop(i: int) -> None:
-        nonlocal count
-        with lock:
-            count += 1
+        pass
 
     actor = dramatiq.actor(broker=broker, actor_name="bench_bare_noop", queue_name="offload-bench.bare")(
         bare_noop
@@ -59,7 +75,7 @@ def _bare(url: str, *, messages: int, threads: int, timeout_s: float) -> float:
     for i in range(messages):
         actor.send(i)
     try:
-        return _drain(broker, lambda: count >= messages, threads=threads, timeout_s=timeout_s)
+        return _drain(broker, messages, threads=threads, timeout_s=timeout_s)
     finally:
         broker.flush(actor.queue_name)
         broker.close()
@@ -84,13 +100,11 @@ def _guarded(settings: Settings, *, messages: int, threads: int, cap: int, timeo
     try:
         for i in range(messages):
             rt.dispatcher.dispatch(spec.name, trigger="cli", params={"i": i}, inline=False)
-        counts = rt.ledger.counts
-        return _drain(
-            rt.broker,
-            lambda: counts().get((spec.name, "succeeded"), 0) >= messages,
-            threads=threads,
-            timeout_s=timeout_s,
-        )
+        seconds = _drain(rt.broker, messages, threads=threads, timeout_s=timeout_s)
+        succeeded = rt.ledger.counts().get((spec.name, "succeeded"), 0)
+        if succeeded != messages:
+            raise click.ClickException(f"the ledger shows {succeeded} of {messages} runs succeeded")
+        return seconds
     finally:
         rt.broker.flush(spec.queue)
         rt.close()

@@ -55,15 +55,16 @@ class SqlLeases:
         self._clock = clock
         self._slots_made: set[tuple[str, int]] = set()
 
-    def acquire(self, job: str, *, cap: int, key: str, token: str, lease_s: float) -> bool:
+    def acquire(self, conn: Connection, job: str, *, cap: int, key: str, token: str, lease_s: float) -> bool:
         """Take a slot of `job` for the attempt `token` of run `key` until now + `lease_s`.
 
-        False when all `cap` slots are held by other runs. A slot an earlier attempt of the same run
-        still holds (it died) is taken over at once.
+        Runs in the caller's transaction `conn`, the one that claimed the run, so the claim and the
+        slot commit together. False when all `cap` slots are held by other runs. A slot an earlier
+        attempt of the same run still holds (it died) is taken over at once.
         """
         now = self._clock()
         prefix = f"{key}#"
-        with translate_errors(), self._engine.begin() as conn:
+        with translate_errors():
             if (job, cap) not in self._slots_made:
                 self._ensure_slots(conn, job, cap)
             taken = conn.execute(
@@ -80,10 +81,15 @@ class SqlLeases:
             )
             return bool(taken.rowcount == 1)
 
-    def release(self, job: str, *, key: str, token: str) -> None:
-        """Free the slot this attempt holds, if it still holds it."""
-        with translate_errors(), self._engine.begin() as conn:
-            conn.execute(_RELEASE, {"p_job": job, "p_holder": f"{key}#{token}"})
+    def release(self, job: str, *, key: str, token: str, conn: Connection | None = None) -> None:
+        """Free the slot this attempt holds, if it still holds it: in `conn`'s transaction, else its own."""
+        params = {"p_job": job, "p_holder": f"{key}#{token}"}
+        with translate_errors():
+            if conn is not None:
+                conn.execute(_RELEASE, params)
+                return
+            with self._engine.begin() as own:
+                own.execute(_RELEASE, params)
 
     def held(self, job: str) -> int:
         """Slots of `job` held by a live lease right now."""

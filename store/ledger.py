@@ -8,12 +8,12 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, cast
 
-from sqlalchemy import Engine, Row, Table, bindparam, delete, func, insert, select, update
+from sqlalchemy import Connection, Engine, Row, Table, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from domain.runs import CLAIMABLE, FINAL, REOPENABLE, RunStatus
-from store.db import make_sessions, translate_errors
+from store.db import begin, make_sessions, translate_errors
 from store.errors import LeaseLost
 from store.models import Run, RunEvent
 
@@ -198,72 +198,81 @@ class SqlLedger:
 
     # -- worker side ---------------------------------------------------------------------------
 
-    def claim(self, new: NewRun, *, lease_s: float, worker: Worker, max_attempts: int) -> Claim:
+    def claim(
+        self,
+        new: NewRun,
+        *,
+        lease_s: float,
+        worker: Worker,
+        max_attempts: int,
+        conn: Connection | None = None,
+    ) -> Claim:
         """Take the run for one attempt: at most one holder at a time, never after success.
 
         A `running` row whose lease expired was held by a worker that died: it is recorded `lost`
-        and taken over. A run that reached `max_attempts` this way is declared `dead`.
+        and taken over. A run that reached `max_attempts` this way is declared `dead`. Runs in
+        `conn`'s transaction when given (the caller commits: the guards take the run and its slot
+        in one transaction), else in its own.
         """
+        with translate_errors():
+            if conn is not None:
+                return self._claim(conn, new, lease_s=lease_s, worker=worker, max_attempts=max_attempts)
+            with self._engine.begin() as own:
+                return self._claim(own, new, lease_s=lease_s, worker=worker, max_attempts=max_attempts)
+
+    def begin(self) -> Connection:
+        """A transaction for `claim` and the slot (`SqlLeases.acquire`) to commit together; see `db.end`."""
+        return begin(self._engine)
+
+    def _claim(
+        self, conn: Connection, new: NewRun, *, lease_s: float, worker: Worker, max_attempts: int
+    ) -> Claim:
         now = self._clock()
         token = uuid.uuid4().hex
-        take = {
-            "status": RunStatus.RUNNING,
-            "attempt": _runs.c.attempt + 1,
-            "message_id": new.message_id,
-            "lease_token": token,
-            "lease_expires_at": now + timedelta(seconds=lease_s),
-            "started_at": now,
-            "updated_at": now,
-            "finished_at": None,
-            "worker_host": worker.host,
-            "worker_pid": worker.pid,
-            "error_type": None,
-            "error_message": None,
-        }
-        with translate_errors():
-            with self._engine.begin() as conn:  # the common case: one conditional update
-                row = conn.execute(
-                    _CLAIM,
-                    {
-                        "p_key": new.dispatch_key,
-                        "p_message_id": new.message_id,
-                        "p_token": token,
-                        "p_expires_at": take["lease_expires_at"],
-                        "p_now": now,
-                        "p_host": worker.host,
-                        "p_pid": worker.pid,
-                    },
-                ).one_or_none()
-                if row is not None:
-                    conn.execute(_INSERT_EVENT, _event_row(row, now))
-                    return Claim("claimed", RunView.of(row), token)
-            with self._sessions() as s:
-                orm_row = _lock(s, new.dispatch_key, missing=new, now=now)
-                if orm_row.status == RunStatus.RUNNING:
-                    assert orm_row.lease_expires_at is not None
-                    if orm_row.lease_expires_at > now:
-                        return Claim("busy", RunView.of(orm_row))
-                    orm_row.status = RunStatus.LOST
-                    _event(s, orm_row, now, detail="lease expired; holder presumed dead")
-                if orm_row.status == RunStatus.LOST and orm_row.attempt >= max_attempts:
-                    _set(
-                        orm_row,
-                        RunStatus.DEAD,
-                        now,
-                        error=("AttemptsExhausted", f"{orm_row.attempt} attempts"),
-                    )
-                    _event(s, orm_row, now, detail="attempts exhausted")
-                    s.commit()
-                    return Claim("exhausted", RunView.of(orm_row))
-                if orm_row.status not in CLAIMABLE:
-                    orm_row.duplicates += 1
-                    s.commit()
-                    return Claim("duplicate", RunView.of(orm_row))
-                for name, value in take.items():
-                    setattr(orm_row, name, orm_row.attempt + 1 if name == "attempt" else value)
-                _event(s, orm_row, now)
-                s.commit()
-                return Claim("claimed", RunView.of(orm_row), token)
+        expires_at = now + timedelta(seconds=lease_s)
+        row = conn.execute(  # the common case: one conditional update
+            _CLAIM,
+            {
+                "p_key": new.dispatch_key,
+                "p_message_id": new.message_id,
+                "p_token": token,
+                "p_expires_at": expires_at,
+                "p_now": now,
+                "p_host": worker.host,
+                "p_pid": worker.pid,
+            },
+        ).one_or_none()
+        if row is not None:
+            conn.execute(_INSERT_EVENT, _event_row(row, now))
+            return Claim("claimed", RunView.of(row), token)
+        with Session(bind=conn, expire_on_commit=False) as s:  # joins conn's transaction
+            orm_row = _lock(s, new.dispatch_key, missing=new, now=now)
+            if orm_row.status == RunStatus.RUNNING:
+                assert orm_row.lease_expires_at is not None
+                if orm_row.lease_expires_at > now:
+                    return Claim("busy", RunView.of(orm_row))
+                orm_row.status = RunStatus.LOST
+                _event(s, orm_row, now, detail="lease expired; holder presumed dead")
+            if orm_row.status == RunStatus.LOST and orm_row.attempt >= max_attempts:
+                _set(orm_row, RunStatus.DEAD, now, error=("AttemptsExhausted", f"{orm_row.attempt} attempts"))
+                _event(s, orm_row, now, detail="attempts exhausted")
+                s.flush()
+                return Claim("exhausted", RunView.of(orm_row))
+            if orm_row.status not in CLAIMABLE:
+                orm_row.duplicates += 1
+                s.flush()
+                return Claim("duplicate", RunView.of(orm_row))
+            orm_row.attempt += 1
+            orm_row.status = RunStatus.RUNNING
+            orm_row.message_id = new.message_id
+            orm_row.lease_token, orm_row.lease_expires_at = token, expires_at
+            orm_row.started_at = orm_row.updated_at = now
+            orm_row.finished_at = None
+            orm_row.worker_host, orm_row.worker_pid = worker.host, worker.pid
+            orm_row.error_type = orm_row.error_message = None
+            _event(s, orm_row, now)
+            s.flush()
+            return Claim("claimed", RunView.of(orm_row), token)
 
     def finish(
         self,
@@ -289,23 +298,6 @@ class SqlLedger:
             err = (type(error).__name__, str(error)) if error is not None else None
             _set(row, status, now, error=err, result=result)
             _event(s, row, now, detail=detail or (f"{err[0]}: {err[1]}" if err else None))
-            s.commit()
-            return RunView.of(row)
-
-    def release(self, key: str, *, token: str, status: RunStatus, detail: str) -> RunView | None:
-        """Give back the claim of an attempt that never started the job (no slot): it is not counted."""
-        now = self._clock()
-        with translate_errors(), self._sessions() as s:
-            row = _lock(s, key)
-            if row.lease_token != token:
-                return None
-            row.attempt -= 1
-            if status == RunStatus.DEFERRED:
-                row.deferrals += 1
-            _set(row, status, now)
-            if status not in FINAL:
-                row.finished_at = None
-            _event(s, row, now, detail=detail)
             s.commit()
             return RunView.of(row)
 

@@ -8,6 +8,7 @@ import pytest
 
 from domain.runs import RunStatus
 from offload.wiring import Runtime
+from store import db
 from store.ledger import NewRun, SqlLedger, Worker
 
 A, B = Worker("host-a", 1), Worker("host-b", 2)
@@ -44,12 +45,14 @@ def test_a_verdict_without_a_token_never_overwrites_a_running_or_finished_run(ru
     assert ledger.get("k").status == RunStatus.SUCCEEDED  # type: ignore[union-attr]
 
 
-def test_a_claim_given_back_does_not_count_as_an_attempt(runtime: Runtime) -> None:
+def test_a_claim_rolled_back_for_want_of_a_slot_does_not_count_as_an_attempt(runtime: Runtime) -> None:
     ledger = runtime.ledger
     ledger.record_dispatch(new_run())
-    claim = ledger.claim(new_run(), lease_s=60, worker=A, max_attempts=3)
+    guard = ledger.begin()
+    claim = ledger.claim(new_run(), lease_s=60, worker=A, max_attempts=3, conn=guard)
     assert claim.token is not None
-    run = ledger.release("k", token=claim.token, status=RunStatus.DEFERRED, detail="cap full")
+    db.end(guard, commit=False)
+    run = ledger.defer("k", detail="cap full")
     assert run is not None and (run.status, run.attempt, run.deferrals) == ("deferred", 0, 1)
     assert run.lease_expires_at is None and run.finished_at is None
     again = ledger.claim(new_run(), lease_s=60, worker=B, max_attempts=3)
