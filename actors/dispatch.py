@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import Connection
+
 from actors.runner import JobRunner
 from domain import keys
 from domain.registry import JobSpec, Registry
@@ -147,10 +149,46 @@ class Dispatcher:
 
         Raises UnknownJob, PublishFailed, and StoreError when the ledger cannot be written.
         """
-        spec = self.registry[job]
         mode = Mode.INLINE if (self.is_inline(job) if inline is None else inline) else Mode.QUEUE
+        new, run, duplicate = self.record(
+            job,
+            trigger=trigger,
+            params=params,
+            correlation_id=correlation_id,
+            slot=slot,
+            key=key,
+            mode=mode,
+            replay_of=replay_of,
+        )
+        if duplicate:
+            logger.info("Duplicate dispatch of %r (run is %s)", new.dispatch_key, run.status)
+            return _answer(mode, run, duplicate=True)
+        if mode == Mode.INLINE:
+            outcome = self.runner.run_inline(self.registry[job], new)
+            return _answer(mode, outcome.run, duplicate=False, result=outcome.result)
+        self.publish(run)
+        return _answer(mode, run, duplicate=False)
+
+    def record(
+        self,
+        job: str,
+        *,
+        trigger: str,
+        params: Mapping[str, Any] | None = None,
+        correlation_id: str | None = None,
+        slot: datetime | None = None,
+        key: str | None = None,
+        mode: Mode = Mode.QUEUE,
+        replay_of: int | None = None,
+        conn: Connection | None = None,
+    ) -> tuple[NewRun, RunView, bool]:
+        """The first half of `dispatch`: put the run on the ledger; returns (new, run, duplicate).
+
+        With `conn` the run is recorded in the caller's transaction, so it commits with the
+        caller's own rows; `publish` it once that has committed.
+        """
         new = self.new_run(
-            spec,
+            self.registry[job],
             params=params or {},
             trigger=trigger,
             mode=mode,
@@ -159,15 +197,8 @@ class Dispatcher:
             key=key,
             replay_of=replay_of,
         )
-        run, duplicate = self.ledger.record_dispatch(new)
-        if duplicate:
-            logger.info("Duplicate dispatch of %r (run is %s)", new.dispatch_key, run.status)
-            return _answer(mode, run, duplicate=True)
-        if mode == Mode.INLINE:
-            outcome = self.runner.run_inline(spec, new)
-            return _answer(mode, outcome.run, duplicate=False, result=outcome.result)
-        self.publish(spec, run)
-        return _answer(mode, run, duplicate=False)
+        run, duplicate = self.ledger.record_dispatch(new, conn=conn)
+        return new, run, duplicate
 
     def replay(self, key: str, *, correlation_id: str | None = None) -> Dispatch:
         """Dispatch a dead, failed or lost run again as a new run with `replay_of` lineage.
@@ -219,16 +250,16 @@ class Dispatcher:
             if run.job not in self.registry:
                 continue
             try:
-                self.publish(self.registry[run.job], run)
+                self.publish(run)
             except PublishFailed:
                 break
             self.ledger.mark_requeued(run.dispatch_key)
             done += 1
         return done
 
-    def publish(self, spec: JobSpec, run: RunView) -> None:
+    def publish(self, run: RunView) -> None:
         """Send the run's message; on failure mark the run `failed` and raise PublishFailed."""
-        actor = self.actors[spec.name]
+        actor = self.actors[run.job]
         message = actor.message_with_options(
             args=(run.dispatch_key, run.params),
             correlation_id=run.correlation_id,

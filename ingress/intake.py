@@ -10,7 +10,7 @@ from datetime import datetime
 
 from actors.dispatch import Dispatcher, DispatchError
 from domain import webhook_drain
-from domain.runs import Mode, Trigger
+from domain.runs import Trigger
 from domain.webhook_drain import EventStatus
 from domain.webhooks import KNOWN_TYPES, EmailWebhook
 from store.db import translate_errors
@@ -72,8 +72,15 @@ class WebhookIntake:
     def accept(
         self, event: EmailWebhook, *, body: str, headers: Mapping[str, str], correlation_id: str
     ) -> Accepted:
-        """Store `event`; raises StoreError when it could not be stored (the sender must retry)."""
+        """Store `event`; raises StoreError when it could not be stored (the sender must retry).
+
+        A queued event's row and its drain's ledger row commit in one transaction; the drain's
+        message is published after that commit.
+        """
         known = event.event.type in KNOWN_TYPES
+        inline = event.event.type in self.inline_types or self.dispatcher.is_inline(webhook_drain.DRAIN_JOB)
+        # After a failed publish the broker is left alone for a while: the sweeper re-drives the event.
+        queue = known and not inline and time.monotonic() >= self._paused_until
         now = self.clock()
         new = NewWebhookEvent(
             provider=self.provider,
@@ -86,42 +93,46 @@ class WebhookIntake:
             status_reason=None
             if known
             else f"unknown event type {event.event.type!r}: stored, not processed",
-            # Set before publishing: a crash after the commit leaves the row for the sweeper's requeue.
             received_at=now,
-            queued_at=now if known else None,
+            queued_at=now if queue or (known and inline) else None,
         )
         with translate_errors(), self.uow() as uow:
             event_id, duplicate = uow.webhook_events.add(new)
+            drain = None
+            if queue and not duplicate:
+                _, drain, _ = self.dispatcher.record(
+                    webhook_drain.DRAIN_JOB,
+                    trigger=Trigger.HTTP,
+                    params={"event_id": event_id},
+                    key=webhook_drain.drain_key(event_id),
+                    correlation_id=correlation_id,
+                    conn=uow.session.connection(),
+                )
             uow.commit()
         if duplicate:
             logger.info("Duplicate webhook event %r (stored as %r)", event.event.id, event_id)
             return Accepted(event_id, duplicate=True)
         if not known:
             return Accepted(event_id, ignored=True)
-        return self._drain(event_id, event.event.type, correlation_id)
-
-    def _drain(self, event_id: int, event_type: str, correlation_id: str) -> Accepted:
-        inline = True if event_type in self.inline_types else None
-        queue_mode = not (inline or self.dispatcher.is_inline(webhook_drain.DRAIN_JOB))
-        if queue_mode and time.monotonic() < self._paused_until:
-            self._unqueue(event_id)
-            return Accepted(event_id, queued=False)
         try:
-            dispatch = self.dispatcher.dispatch(
-                webhook_drain.DRAIN_JOB,
-                trigger=Trigger.HTTP,
-                params={"event_id": event_id},
-                key=webhook_drain.drain_key(event_id),
-                correlation_id=correlation_id,
-                inline=inline,
-            )
+            if inline:
+                self.dispatcher.dispatch(
+                    webhook_drain.DRAIN_JOB,
+                    trigger=Trigger.HTTP,
+                    params={"event_id": event_id},
+                    key=webhook_drain.drain_key(event_id),
+                    correlation_id=correlation_id,
+                    inline=True,
+                )
+                return Accepted(event_id, inline=True, status=self._status(event_id))
+            if drain is None:
+                return Accepted(event_id, queued=False)
+            self.dispatcher.publish(drain)
         except (DispatchError, StoreError) as e:
             logger.warning("Webhook event %r stored but not queued: %s", event_id, e)
             self._paused_until = time.monotonic() + self.publish_pause_s
             self._unqueue(event_id)
             return Accepted(event_id, queued=False)
-        if dispatch.mode == Mode.INLINE:
-            return Accepted(event_id, inline=True, status=self._status(event_id))
         return Accepted(event_id, queued=True)
 
     def _unqueue(self, event_id: int) -> None:

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, cast
 
 from sqlalchemy import Connection, Engine, Row, Table, bindparam, delete, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -27,7 +28,12 @@ def _p(name: str) -> Any:
 
 
 # The hot path's statements, built once: building and caching them per call cost more CPU than running them.
-_INSERT_RUN = insert(_runs).returning(*_runs.c)
+# INSERT ... ON CONFLICT (dispatch_key) DO NOTHING RETURNING *: a known key raises no error that
+# would abort a caller's transaction.
+_INSERT_RUN = {
+    name: insert_on(_runs).on_conflict_do_nothing(index_elements=["dispatch_key"]).returning(*_runs.c)
+    for name, insert_on in (("postgresql", postgresql.insert), ("sqlite", sqlite.insert))
+}
 _INSERT_EVENT = insert(_events)
 _CLAIM = (
     update(_runs)
@@ -170,31 +176,37 @@ class SqlLedger:
 
     # -- dispatch side -------------------------------------------------------------------------
 
-    def record_dispatch(self, new: NewRun) -> tuple[RunView, bool]:
-        """Insert the run as `queued`, or reopen a failed one; returns (run, duplicate)."""
-        now = self._clock()
+    def record_dispatch(self, new: NewRun, *, conn: Connection | None = None) -> tuple[RunView, bool]:
+        """Insert the run as `queued`, or reopen a failed one; returns (run, duplicate).
+
+        In `conn`'s transaction when given (the caller commits), else in its own.
+        """
         with translate_errors():
-            try:
-                with self._engine.begin() as conn:
-                    new_row = conn.execute(_INSERT_RUN, _new_row(new, now)).one()
-                    conn.execute(_INSERT_EVENT, _event_row(new_row, now))
-                    return RunView.of(new_row), False
-            except IntegrityError:
-                pass
-            with self._sessions() as s:
-                row = _lock(s, new.dispatch_key)
-                if row.status in REOPENABLE or (row.status == RunStatus.LOST and row.mode == "inline"):
-                    row.status = RunStatus.QUEUED
-                    row.correlation_id, row.trigger, row.mode = new.correlation_id, new.trigger, new.mode
-                    row.queued_at = row.updated_at = now
-                    row.finished_at = None
-                    _event(s, row, now, detail=f"reopened by {new.trigger}")
-                    duplicate = False
-                else:
-                    row.duplicates += 1
-                    duplicate = True
-                s.commit()
-                return RunView.of(row), duplicate
+            if conn is not None:
+                return self._record_dispatch(conn, new)
+            with self._engine.begin() as own:
+                return self._record_dispatch(own, new)
+
+    def _record_dispatch(self, conn: Connection, new: NewRun) -> tuple[RunView, bool]:
+        now = self._clock()
+        new_row = conn.execute(_INSERT_RUN[conn.dialect.name], _new_row(new, now)).one_or_none()
+        if new_row is not None:  # the common case: a key never seen
+            conn.execute(_INSERT_EVENT, _event_row(new_row, now))
+            return RunView.of(new_row), False
+        with Session(bind=conn, expire_on_commit=False) as s:  # joins conn's transaction
+            row = _lock(s, new.dispatch_key)
+            if row.status in REOPENABLE or (row.status == RunStatus.LOST and row.mode == "inline"):
+                row.status = RunStatus.QUEUED
+                row.correlation_id, row.trigger, row.mode = new.correlation_id, new.trigger, new.mode
+                row.queued_at = row.updated_at = now
+                row.finished_at = None
+                _event(s, row, now, detail=f"reopened by {new.trigger}")
+                duplicate = False
+            else:
+                row.duplicates += 1
+                duplicate = True
+            s.flush()
+            return RunView.of(row), duplicate
 
     # -- worker side ---------------------------------------------------------------------------
 

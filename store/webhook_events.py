@@ -38,8 +38,8 @@ class SqlWebhookEvents:
         values: dict[str, Any] = {f.name: getattr(new, f.name) for f in fields(new)}
         values["headers"] = dict(new.headers)
         values["attempts"] = 0
-        statement = _INSERT_OR_NOTHING[self._s.get_bind().dialect.name]
-        inserted = self._s.execute(statement, values).scalar_one_or_none()
+        conn = self._s.connection()  # Core, not an ORM-enabled insert: it is the ingress's hot path
+        inserted = conn.execute(_INSERT_OR_NOTHING[conn.dialect.name], values).scalar_one_or_none()
         if inserted is not None:
             return int(inserted), False
         existing = self._s.execute(

@@ -50,10 +50,9 @@ def test_twenty_concurrent_dispatches_from_threads_and_cli_run_once(
 
 def test_two_copies_of_one_message_in_flight_run_once(runtime: Runtime, workers: Workers) -> None:
     d = runtime.dispatcher.dispatch("test-record", trigger="cli", params={"sleep_s": 1.0})
-    spec = runtime.registry["test-record"]
     run = runtime.ledger.get(d.dispatch_key)
     assert run is not None
-    runtime.dispatcher.publish(spec, run)  # a second copy, as after a reconnect or a double publish
+    runtime.dispatcher.publish(run)  # a second copy, as after a reconnect or a double publish
     workers.start(threads=4)
     wait_for(lambda: (r := runtime.ledger.get(d.dispatch_key)) and r.status == "succeeded", what="success")
     wait_for(lambda: runtime.ledger.get(d.dispatch_key).duplicates >= 1, what="the copy to be skipped")
