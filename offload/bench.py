@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import resource
 import threading
 import time
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import click
@@ -42,24 +44,43 @@ class _Finished(Middleware):
                     self.all_done.set()
 
 
-def _drain(broker: Any, messages: int, *, threads: int, timeout_s: float) -> float:
-    """Start an embedded worker, return seconds until it has processed `messages` messages."""
+@dataclass(frozen=True)
+class Drained:
+    seconds: float
+    cpu_s: float  # user + system CPU of this process while draining
+    switches: int  # context switches of this process while draining
+
+    def per_message(self, messages: int) -> str:
+        cpu_us, switches = self.cpu_s / messages * 1e6, self.switches / messages
+        return f"cpu {cpu_us:5.0f} us/msg, {switches:4.0f} ctx switches/msg"
+
+
+def _usage() -> tuple[float, int]:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime, r.ru_nvcsw + r.ru_nivcsw
+
+
+def _drain(broker: Any, queue: str, messages: int, *, threads: int, timeout_s: float) -> Drained:
+    """Start an embedded worker on `queue` and measure it until it has processed `messages` messages."""
     import dramatiq
 
     finished = _Finished(messages)
     broker.add_middleware(finished)
-    worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=100)
+    worker = dramatiq.Worker(broker, queues={queue}, worker_threads=threads, worker_timeout=100)
+    cpu, switches = _usage()
     started = time.perf_counter()
     worker.start()
     try:
         if not finished.all_done.wait(timeout_s):
             raise click.ClickException(f"drain did not finish within {timeout_s} s")
-        return time.perf_counter() - started
+        seconds = time.perf_counter() - started
+        cpu_after, switches_after = _usage()
+        return Drained(seconds, cpu_after - cpu, switches_after - switches)
     finally:
         worker.stop()
 
 
-def _bare(url: str, *, messages: int, threads: int, timeout_s: float) -> float:
+def _bare(url: str, *, messages: int, threads: int, timeout_s: float) -> Drained:
     import dramatiq
     from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
@@ -75,13 +96,13 @@ def _bare(url: str, *, messages: int, threads: int, timeout_s: float) -> float:
     for i in range(messages):
         actor.send(i)
     try:
-        return _drain(broker, messages, threads=threads, timeout_s=timeout_s)
+        return _drain(broker, actor.queue_name, messages, threads=threads, timeout_s=timeout_s)
     finally:
         broker.flush(actor.queue_name)
         broker.close()
 
 
-def _guarded(settings: Settings, *, messages: int, threads: int, cap: int, timeout_s: float) -> float:
+def _guarded(settings: Settings, *, messages: int, threads: int, cap: int, timeout_s: float) -> Drained:
     from domain.registry import JOBS, JobSpec
     from offload.wiring import build
     from store import db
@@ -100,11 +121,11 @@ def _guarded(settings: Settings, *, messages: int, threads: int, cap: int, timeo
     try:
         for i in range(messages):
             rt.dispatcher.dispatch(spec.name, trigger="cli", params={"i": i}, inline=False)
-        seconds = _drain(rt.broker, messages, threads=threads, timeout_s=timeout_s)
+        drained = _drain(rt.broker, spec.queue, messages, threads=threads, timeout_s=timeout_s)
         succeeded = rt.ledger.counts().get((spec.name, "succeeded"), 0)
         if succeeded != messages:
             raise click.ClickException(f"the ledger shows {succeeded} of {messages} runs succeeded")
-        return seconds
+        return drained
     finally:
         rt.broker.flush(spec.queue)
         rt.close()
@@ -125,10 +146,11 @@ def pipeline(messages: int, threads: int, cap: int, timeout_s: float) -> None:
 
     logging.getLogger("dramatiq").setLevel(logging.WARNING)
     settings = Settings.load()
-    bare_s = _bare(settings.broker_url, messages=messages, threads=threads, timeout_s=timeout_s)
-    guarded_s = _guarded(settings, messages=messages, threads=threads, cap=cap, timeout_s=timeout_s)
-    bare_rate, guarded_rate = messages / bare_s, messages / guarded_s
+    bare = _bare(settings.broker_url, messages=messages, threads=threads, timeout_s=timeout_s)
+    guarded = _guarded(settings, messages=messages, threads=threads, cap=cap, timeout_s=timeout_s)
+    bare_rate, guarded_rate = messages / bare.seconds, messages / guarded.seconds
     click.echo(f"store: {settings.database_url.split(':', 1)[0]}  messages: {messages}  threads: {threads}")
-    click.echo(f"bare dramatiq no-op:     {bare_rate:8.0f} msg/s  ({bare_s:.2f} s)")
-    click.echo(f"guarded offload no-op:   {guarded_rate:8.0f} msg/s  ({guarded_s:.2f} s)")
-    click.echo(f"ratio guarded/bare:      {guarded_rate / bare_rate:8.2f}")
+    for name, rate, run in (("bare dramatiq", bare_rate, bare), ("guarded offload", guarded_rate, guarded)):
+        label = f"{name} no-op:"
+        click.echo(f"{label:24} {rate:6.0f} msg/s  ({run.seconds:.2f} s; {run.per_message(messages)})")
+    click.echo(f"ratio guarded/bare:      {guarded_rate / bare_rate:6.2f}  (target >= 0.5)")
