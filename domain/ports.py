@@ -87,8 +87,13 @@ class WebhookEvents(Protocol):
         status: str,
         reason: str | None,
         attempts: int | None = None,
-        processed_at: datetime | None = None,
-    ) -> None: ...
+        finished: bool = False,
+    ) -> None:
+        """Set the event's status; `finished` also stamps `processed_at` with the time of this call.
+
+        Stamped when marked, not when the job began: a drain marks an event only after it saw the
+        lead's older events finished, so `processed_at` keeps each lead's order.
+        """
 
     def due_for_redrive(
         self, *, statuses: frozenset[str], received_before: datetime, queued_before: datetime, limit: int

@@ -66,7 +66,7 @@ def drain_event(ctx: JobContext) -> Mapping[str, Any]:
         return {**summary, "status": event.status, "already": True}
     if event.event_type not in KNOWN_TYPES:
         reason = f"unknown event type {event.event_type!r}: stored, not processed"
-        events.mark(event_id, status=EventStatus.IGNORED, reason=reason, processed_at=ctx.now)
+        events.mark(event_id, status=EventStatus.IGNORED, reason=reason, finished=True)
         return {**summary, "status": EventStatus.IGNORED}
     handler = ctx.ports.webhook_handlers.get(event.event_type)
     if handler is None:
@@ -89,14 +89,12 @@ def drain_event(ctx: JobContext) -> Mapping[str, Any]:
         reason = f"attempt {attempt}: {error}"[:_REASON_CHARS]
         final = isinstance(e, PermanentError | ValidationError) or attempt >= DRAIN_MAX_ATTEMPTS
         status = EventStatus.FAILED if final else EventStatus.RETRYING
-        events.mark(
-            event_id, status=status, reason=reason, attempts=attempt, processed_at=ctx.now if final else None
-        )
+        events.mark(event_id, status=status, reason=reason, attempts=attempt, finished=final)
         if final:
             return {**summary, "status": status, "attempt": attempt, "error": error[:_REASON_CHARS]}
         uow.commit()
         raise TransientError(f"event {event_id} {reason}") from e
-    events.mark(event_id, status=EventStatus.PROCESSED, reason=None, attempts=attempt, processed_at=ctx.now)
+    events.mark(event_id, status=EventStatus.PROCESSED, reason=None, attempts=attempt, finished=True)
     return {**summary, "status": EventStatus.PROCESSED, "attempt": attempt}
 
 

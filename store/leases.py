@@ -79,7 +79,11 @@ class SqlLeases:
                     "p_expires_at": now + timedelta(seconds=lease_s),
                 },
             )
-            return bool(taken.rowcount == 1)
+            if taken.rowcount == 1:
+                return True
+            # Look again next time: slots made in a transaction that was rolled back do not exist.
+            self._slots_made.discard((job, cap))
+            return False
 
     def release(self, job: str, *, key: str, token: str, conn: Connection | None = None) -> None:
         """Free the slot this attempt holds, if it still holds it: in `conn`'s transaction, else its own."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import func, or_, select, update
@@ -82,13 +82,13 @@ class SqlWebhookEvents:
         status: str,
         reason: str | None,
         attempts: int | None = None,
-        processed_at: datetime | None = None,
+        finished: bool = False,
     ) -> None:
         values: dict[str, Any] = {"status": status, "status_reason": reason}
         if attempts is not None:
             values["attempts"] = attempts
-        if processed_at is not None:
-            values["processed_at"] = processed_at
+        if finished:
+            values["processed_at"] = datetime.now(UTC)
         self._s.execute(update(WebhookEvent).where(WebhookEvent.id == event_id).values(**values))
 
     def due_for_redrive(

@@ -9,6 +9,7 @@ import pytest
 from domain.runs import RunStatus
 from offload.wiring import Runtime
 from store import db
+from store.leases import SqlLeases
 from store.ledger import NewRun, SqlLedger, Worker
 
 A, B = Worker("host-a", 1), Worker("host-b", 2)
@@ -98,3 +99,17 @@ def test_an_inline_run_lost_with_its_process_runs_again_on_the_next_trigger(runt
     at(runtime, long_ago).claim(queued_lost, lease_s=1, worker=A, max_attempts=3)
     runtime.ledger.reap()
     assert runtime.ledger.record_dispatch(queued_lost)[1], "a queue run's message is redelivered instead"
+
+
+def test_slots_made_in_a_transaction_that_rolled_back_are_made_again(runtime: Runtime) -> None:
+    leases = SqlLeases(runtime.engine)
+    guard = runtime.ledger.begin()
+    assert leases.acquire(guard, "test-slots", cap=2, key="a", token="t1", lease_s=60)
+    db.end(guard, commit=False)  # the job's slot rows go with it
+    guard = runtime.ledger.begin()
+    assert not leases.acquire(guard, "test-slots", cap=2, key="a", token="t2", lease_s=60)
+    db.end(guard, commit=False)  # as the guards do: the message waits once
+    guard = runtime.ledger.begin()
+    assert leases.acquire(guard, "test-slots", cap=2, key="a", token="t3", lease_s=60)
+    db.end(guard, commit=True)
+    assert leases.held("test-slots") == 1
