@@ -201,7 +201,7 @@ def echo_main(argv: list[str]) -> None:
 
 
 @contextlib.contextmanager
-def _server(args: list[str], env: dict[str, str], log: Path) -> Iterator[tuple[str, int]]:
+def _server(args: list[str], env: dict[str, str], log: Path) -> Iterator[tuple[str, int, int]]:
     with open(log, "wb") as out:
         proc = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
@@ -209,7 +209,7 @@ def _server(args: list[str], env: dict[str, str], log: Path) -> Iterator[tuple[s
         while True:
             match = _LISTENING.search(log.read_text(errors="replace"))
             if match:
-                yield match.group(1), int(match.group(2))
+                yield match.group(1), int(match.group(2)), proc.pid
                 break
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise click.ClickException(f"{args[2:4]} did not start:\n{log.read_text()[-2000:]}")
@@ -222,6 +222,23 @@ def _server(args: list[str], env: dict[str, str], log: Path) -> Iterator[tuple[s
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _measured(
+    server: tuple[str, int, int], *, connections: int, count: int, warmup: int, secret: str
+) -> tuple[LoadResult, float]:
+    """The load's result and the server's CPU milliseconds per request (warm-up included)."""
+    host, port, pid = server
+    before = _cpu_s(pid)
+    result = _load(host, port, connections=connections, count=count, warmup=warmup, secret=secret)
+    return result, (_cpu_s(pid) - before) * 1000 / (count + warmup)
 
 
 def _load(host: str, port: int, *, connections: int, count: int, warmup: int, secret: str) -> LoadResult:
@@ -326,11 +343,15 @@ def ingress(
             err=True,
         )
         echo_args = [sys.executable, "-m", "offload.bench_ingress", "echo", str(threads)]
-        with _server(echo_args, env, workdir / "echo.log") as (host, port):
-            bare = _load(host, port, connections=connections, count=count, warmup=warmup, secret=secret)
+
+        def measured(server: tuple[str, int, int]) -> tuple[LoadResult, float]:
+            return _measured(server, connections=connections, count=count, warmup=warmup, secret=secret)
+
+        with _server(echo_args, env, workdir / "echo.log") as server:
+            bare, bare_cpu_ms = measured(server)
         web_args = [sys.executable, "-m", "offload", "web", "--port", "0"]
-        with _server(web_args, env, workdir / "web.log") as (host, port):
-            ours = _load(host, port, connections=connections, count=count, warmup=warmup, secret=secret)
+        with _server(web_args, env, workdir / "web.log") as server:
+            ours, ours_cpu_ms = measured(server)
         stored = _stored(db_url, ours.accepted_ids)
         in_queue = vhost.message_count("offload.webhook-drain")
     ratio = ours.rate / bare.rate if bare.rate else 0.0
@@ -340,12 +361,19 @@ def ingress(
         "threads": threads,
         "count": count,
         "database": urlsplit(db_url).scheme,
-        "bare": {"rate": bare.rate, "p50_ms": bare.p50_ms, "p99_ms": bare.p99_ms, "statuses": bare.statuses},
+        "bare": {
+            "rate": bare.rate,
+            "p50_ms": bare.p50_ms,
+            "p99_ms": bare.p99_ms,
+            "statuses": bare.statuses,
+            "server_cpu_ms_per_request": bare_cpu_ms,
+        },
         "offload": {
             "rate": ours.rate,
             "p50_ms": ours.p50_ms,
             "p99_ms": ours.p99_ms,
             "statuses": ours.statuses,
+            "server_cpu_ms_per_request": ours_cpu_ms,
             "accepted": len(ours.accepted_ids),
             "queued": ours.queued,
             "stored": stored,
@@ -358,9 +386,9 @@ def ingress(
     if as_json:
         click.echo(json.dumps(figures, indent=2))
     else:
-        click.echo(f"{'':10} {'events/s':>9} {'p50 ms':>8} {'p99 ms':>8}  answers")
-        for name, r in (("bare", bare), ("offload", ours)):
-            click.echo(f"{name:10} {r.rate:9.0f} {r.p50_ms:8.1f} {r.p99_ms:8.1f}  {r.statuses}")
+        click.echo(f"{'':10} {'events/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'cpu ms/req':>10}  answers")
+        for name, r, cpu in (("bare", bare, bare_cpu_ms), ("offload", ours, ours_cpu_ms)):
+            click.echo(f"{name:10} {r.rate:9.0f} {r.p50_ms:8.1f} {r.p99_ms:8.1f} {cpu:10.2f}  {r.statuses}")
         click.echo(
             f"ratio {ratio:.2f} (target >= 0.5); accepted {len(ours.accepted_ids)}, stored {stored}, "
             f"lost {lost}; queued {ours.queued}, drain messages on RabbitMQ {in_queue}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -23,3 +24,20 @@ def test_the_pipeline_benchmark_drains_both_sides_and_prints_their_ratio(setting
     rates = re.findall(r"no-op:\s+(\d+) msg/s .* cpu\s+(\d+) us/msg", out.stdout)
     assert len(rates) == 2 and all(int(rate) > 0 and int(cpu) > 0 for rate, cpu in rates), out.stdout
     assert re.search(r"ratio guarded/bare:\s+\d+\.\d\d", out.stdout), out.stdout
+
+
+def test_the_ingress_benchmark_loses_no_event_and_reports_both_servers(settings: Settings) -> None:
+    args = ["ingress", "--count", "40", "--warmup", "5", "--json", "--database-url", settings.database_url]
+    out = subprocess.run(
+        [sys.executable, "-m", "offload", "bench", *args],
+        cwd=ROOT,
+        env=env_for(settings),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert out.returncode == 0, out.stderr
+    figures = json.loads(out.stdout)
+    assert figures["lost"] == 0 and figures["offload"]["stored"] == figures["offload"]["accepted"] == 40
+    for side in ("bare", "offload"):
+        assert figures[side]["rate"] > 0 and figures[side]["server_cpu_ms_per_request"] > 0, figures
