@@ -69,7 +69,8 @@ class StatusLedger(Middleware):
 
     def after_skip_message(self, broker: Any, message: Any) -> None:
         state = attempt.of(broker, message)
-        state.give_back()  # a guard that stopped the message has already rolled back; never leak it
+        if state.guard is not None:  # a guard that stopped the message rolled back itself; never leak it
+            state.give_back()
         if state.verdict is None or state.verdict[0] not in _STOPPED:
             return
         status, detail = RunStatus(state.verdict[0]), state.verdict[1]
