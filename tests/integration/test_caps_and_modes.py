@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
+from types import SimpleNamespace
 
+from actors import attempt
 from offload.wiring import Runtime
+from store import db
 from tests.support.procs import Workers, effects, wait_for
 
 
@@ -85,3 +88,16 @@ def test_inline_failure_is_recorded_failed_with_the_error(runtime: Runtime) -> N
     assert run is not None and (run.status, run.error_type) == ("failed", "RuntimeError")
     assert "boom" in (run.error_message or "")
     assert runtime.leases.held("test-explode") == 0
+
+
+def test_a_message_skipped_after_its_guards_committed_still_frees_its_slot(runtime: Runtime) -> None:
+    guard = runtime.ledger.begin()
+    assert runtime.leases.acquire(guard, "test-capped", cap=2, key="k", token="t", lease_s=60)
+    db.end(guard, commit=True)
+    started = attempt.Attempt(key="k", job="test-capped", token="t", holds_slot=True)
+    message = SimpleNamespace(args=("k", {}), options={}, actor_name="any", _offload_attempt=started)
+    guards = runtime.broker.middleware[:3]
+    assert [type(m).__name__ for m in guards] == ["Dedup", "ConcurrencyCap", "StatusLedger"]
+    for middleware in reversed(guards):  # after-hooks run in reverse, as dramatiq runs them
+        middleware.after_skip_message(runtime.broker, message)
+    assert runtime.leases.held("test-capped") == 0
