@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from actors.dispatch import Dispatcher, DispatchError
 from domain import webhook_drain
@@ -100,13 +101,9 @@ class WebhookIntake:
             event_id, duplicate = uow.webhook_events.add(new)
             drain = None
             if queue and not duplicate:
+                args = _drain_args(event_id, correlation_id)
                 _, drain, _ = self.dispatcher.record(
-                    webhook_drain.DRAIN_JOB,
-                    trigger=Trigger.HTTP,
-                    params={"event_id": event_id},
-                    key=webhook_drain.drain_key(event_id),
-                    correlation_id=correlation_id,
-                    conn=uow.session.connection(),
+                    webhook_drain.DRAIN_JOB, **args, conn=uow.session.connection()
                 )
             uow.commit()
         if duplicate:
@@ -116,14 +113,8 @@ class WebhookIntake:
             return Accepted(event_id, ignored=True)
         try:
             if inline:
-                self.dispatcher.dispatch(
-                    webhook_drain.DRAIN_JOB,
-                    trigger=Trigger.HTTP,
-                    params={"event_id": event_id},
-                    key=webhook_drain.drain_key(event_id),
-                    correlation_id=correlation_id,
-                    inline=True,
-                )
+                args = _drain_args(event_id, correlation_id)
+                self.dispatcher.dispatch(webhook_drain.DRAIN_JOB, **args, inline=True)
                 return Accepted(event_id, inline=True, status=self._status(event_id))
             if drain is None:
                 return Accepted(event_id, queued=False)
@@ -148,3 +139,13 @@ class WebhookIntake:
         with translate_errors(), self.uow() as uow:
             stored = uow.webhook_events.get(event_id)
             return stored.status if stored else None
+
+
+def _drain_args(event_id: int, correlation_id: str) -> dict[str, Any]:
+    """The dispatch arguments of an event's drain (dispatch key `webhook-drain:<event id>`)."""
+    return {
+        "trigger": Trigger.HTTP,
+        "params": {"event_id": event_id},
+        "key": webhook_drain.drain_key(event_id),
+        "correlation_id": correlation_id,
+    }
