@@ -66,6 +66,7 @@ class Dedup(Middleware):
                 status="deferred",
                 detail=f"store unavailable: {e}",
             )
+        assert claim.run is not None, "a refused claim says why"
         if claim.outcome == "busy":
             assert claim.run.lease_expires_at is not None
             wait_ms = int((claim.run.lease_expires_at.timestamp() - attempt.now_ms() / 1000) * 1000) + 100

@@ -117,14 +117,14 @@ class JobRunner:
                 raise
             db.end(guard, commit=claim.token is None or slot)  # no slot: the claim is rolled back
             if claim.token is None:
+                assert claim.run is not None, "a refused claim says why"
                 return InlineOutcome(claim.run, None)
             if slot:
                 break
             if spec.overlap == "skip" or time.monotonic() > deadline:
                 status = RunStatus.SKIPPED if spec.overlap == "skip" else RunStatus.FAILED
                 detail = f"concurrency cap {spec.concurrency_cap} reached"
-                run = self.ledger.finish(key, status, token=None, detail=detail)
-                return InlineOutcome(run or claim.run, None)
+                return InlineOutcome(self._finished(key, status, token=None, detail=detail), None)
             time.sleep(INLINE_POLL_S)
         token = claim.token
         try:
@@ -132,10 +132,16 @@ class JobRunner:
         except Exception as e:
             logger.exception("Inline run %r failed", key)
             try:
-                run = self.ledger.finish(key, RunStatus.FAILED, token=token, error=e)
+                run = self._finished(key, RunStatus.FAILED, token=token, error=e)
             finally:
                 self.leases.release(spec.name, key=key, token=token)
-            return InlineOutcome(run or claim.run, None)
+            return InlineOutcome(run, None)
         final = self.ledger.get(key)
         assert final is not None
         return InlineOutcome(final, result)
+
+    def _finished(self, key: str, status: RunStatus, **how: Any) -> RunView:
+        """Move the run to `status`; the run as it stands if another delivery got there first."""
+        run = self.ledger.finish(key, status, **how) or self.ledger.get(key)
+        assert run is not None
+        return run

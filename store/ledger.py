@@ -8,7 +8,19 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, cast
 
-from sqlalchemy import Connection, Engine, Row, Table, bindparam, delete, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Row,
+    Table,
+    bindparam,
+    delete,
+    func,
+    insert,
+    literal_column,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -27,6 +39,14 @@ def _p(name: str) -> Any:
     return bindparam(f"p_{name}")
 
 
+def _literals(statuses: frozenset[RunStatus]) -> list[Any]:
+    """Statuses rendered into the SQL: an IN list of bound values is re-expanded on every execution."""
+    return [literal_column(f"'{status.value}'") for status in sorted(statuses)]
+
+
+#: What the hot path reads back from the row it changed: enough for the history row.
+_EVENT_COLUMNS = (_runs.c.id, _runs.c.status, _runs.c.attempt, _runs.c.worker_host, _runs.c.worker_pid)
+
 # The hot path's statements, built once: building and caching them per call cost more CPU than running them.
 # INSERT ... ON CONFLICT (dispatch_key) DO NOTHING RETURNING *: a known key raises no error that
 # would abort a caller's transaction.
@@ -38,7 +58,7 @@ _INSERT_EVENT = insert(_events)
 _CLAIM = (
     update(_runs)
     # `lost` takes the slow path, where a run that keeps killing its worker is declared dead.
-    .where(_runs.c.dispatch_key == _p("key"), _runs.c.status.in_(CLAIMABLE - {RunStatus.LOST}))
+    .where(_runs.c.dispatch_key == _p("key"), _runs.c.status.in_(_literals(CLAIMABLE - {RunStatus.LOST})))
     .values(
         status=RunStatus.RUNNING,
         attempt=_runs.c.attempt + 1,
@@ -53,7 +73,7 @@ _CLAIM = (
         error_type=None,
         error_message=None,
     )
-    .returning(*_runs.c)
+    .returning(*_EVENT_COLUMNS)
 )
 _COMPLETE = (
     update(_runs)
@@ -71,7 +91,7 @@ _COMPLETE = (
         lease_token=None,
         lease_expires_at=None,
     )
-    .returning(*_runs.c)
+    .returning(*_EVENT_COLUMNS)
 )
 
 
@@ -151,11 +171,12 @@ class EventView:
 
 @dataclass(frozen=True)
 class Claim:
-    """The verdict of a claim: run it (`token` set), or why not."""
+    """The verdict of a claim: attempt number `attempt` runs under `token`, or `run` says why not."""
 
     outcome: Literal["claimed", "duplicate", "busy", "exhausted"]
-    run: RunView
+    attempt: int
     token: str | None = None
+    run: RunView | None = None  # the row as it stands, when the claim was refused
 
 
 class SqlLedger:
@@ -256,24 +277,24 @@ class SqlLedger:
         ).one_or_none()
         if row is not None:
             conn.execute(_INSERT_EVENT, _event_row(row, now))
-            return Claim("claimed", RunView.of(row), token)
+            return Claim("claimed", row.attempt, token)
         with Session(bind=conn, expire_on_commit=False) as s:  # joins conn's transaction
             orm_row = _lock(s, new.dispatch_key, missing=new, now=now)
             if orm_row.status == RunStatus.RUNNING:
                 assert orm_row.lease_expires_at is not None
                 if orm_row.lease_expires_at > now:
-                    return Claim("busy", RunView.of(orm_row))
+                    return Claim("busy", orm_row.attempt, run=RunView.of(orm_row))
                 orm_row.status = RunStatus.LOST
                 _event(s, orm_row, now, detail="lease expired; holder presumed dead")
             if orm_row.status == RunStatus.LOST and orm_row.attempt >= max_attempts:
                 _set(orm_row, RunStatus.DEAD, now, error=("AttemptsExhausted", f"{orm_row.attempt} attempts"))
                 _event(s, orm_row, now, detail="attempts exhausted")
                 s.flush()
-                return Claim("exhausted", RunView.of(orm_row))
+                return Claim("exhausted", orm_row.attempt, run=RunView.of(orm_row))
             if orm_row.status not in CLAIMABLE:
                 orm_row.duplicates += 1
                 s.flush()
-                return Claim("duplicate", RunView.of(orm_row))
+                return Claim("duplicate", orm_row.attempt, run=RunView.of(orm_row))
             orm_row.attempt += 1
             orm_row.status = RunStatus.RUNNING
             orm_row.message_id = new.message_id
@@ -284,7 +305,7 @@ class SqlLedger:
             orm_row.error_type = orm_row.error_message = None
             _event(s, orm_row, now)
             s.flush()
-            return Claim("claimed", RunView.of(orm_row), token)
+            return Claim("claimed", orm_row.attempt, token)
 
     def finish(
         self,

@@ -57,7 +57,7 @@ def test_a_claim_rolled_back_for_want_of_a_slot_does_not_count_as_an_attempt(run
     assert run is not None and (run.status, run.attempt, run.deferrals) == ("deferred", 0, 1)
     assert run.lease_expires_at is None and run.finished_at is None
     again = ledger.claim(new_run(), lease_s=60, worker=B, max_attempts=3)
-    assert again.outcome == "claimed" and again.run.attempt == 1
+    assert again.outcome == "claimed" and again.attempt == 1
 
 
 def test_a_live_holder_makes_a_second_copy_wait_and_a_dead_one_is_taken_over(runtime: Runtime) -> None:
@@ -71,7 +71,7 @@ def test_a_live_holder_makes_a_second_copy_wait_and_a_dead_one_is_taken_over(run
         == "busy"
     )
     taken = runtime.ledger.claim(new_run(), lease_s=60, worker=B, max_attempts=3)
-    assert taken.outcome == "claimed" and taken.token != first.token and taken.run.attempt == 2
+    assert taken.outcome == "claimed" and taken.token != first.token and taken.attempt == 2
     statuses = [(e.status, e.worker_host) for e in runtime.ledger.events("k")]
     assert statuses[-2:] == [("lost", "host-a"), ("running", "host-b")]
 
@@ -84,7 +84,7 @@ def test_a_run_that_keeps_killing_its_worker_ends_dead(runtime: Runtime, reaped_
     if reaped_first:
         assert runtime.ledger.reap() == 1
     claim = runtime.ledger.claim(new_run(), lease_s=60, worker=B, max_attempts=1)
-    assert claim.outcome == "exhausted" and claim.run.status == RunStatus.DEAD
+    assert claim.outcome == "exhausted" and claim.run is not None and claim.run.status == RunStatus.DEAD
 
 
 def test_an_inline_run_lost_with_its_process_runs_again_on_the_next_trigger(runtime: Runtime) -> None:
