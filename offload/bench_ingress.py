@@ -1,6 +1,7 @@
 """`offload bench ingress`: signed EMAIL_SENT webhooks against `offload web`, beside a bare Falcon app.
 
-Both servers are waitress with the same thread count, measured in the same run by the same load
+A third server, the floor, is the bare app plus one commit and one confirmed publish per request.
+All servers are waitress with the same thread count, measured in the same run by the same load
 generator (another process: threads with keep-alive http.client connections). Every accepted event
 is then looked up in the database, and the drain messages are counted on RabbitMQ.
 """
@@ -177,7 +178,6 @@ def load_main(argv: list[str]) -> None:
 def echo_main(argv: list[str]) -> None:
     """`python -m offload.bench_ingress echo THREADS`: a Falcon app that parses the JSON and answers 202."""
     import falcon
-    from waitress.server import create_server
 
     class Echo:
         def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
@@ -185,14 +185,61 @@ def echo_main(argv: list[str]) -> None:
             resp.status = falcon.HTTP_202
             resp.media = {"id": event["event"]["id"], "queued": True}
 
-    app = falcon.App()
-    app.add_route(WEBHOOK_PATH, Echo())
+    _serve(Echo(), threads=int(argv[0]), ident="echo")
+
+
+FLOOR_TABLE = "offload_bench_floor"
+FLOOR_QUEUE = "offload-bench.floor"
+
+
+def floor_main(argv: list[str]) -> None:
+    """`python -m offload.bench_ingress floor THREADS`: the least an accepted webhook must cost.
+
+    The echo plus what "stored and queued" needs before the answer: the body committed as one row
+    (same store, same engine settings) and one persistent message published with a confirm.
+    """
+    import dramatiq
+    import falcon
+    from dramatiq.brokers.rabbitmq import RabbitmqBroker
+    from sqlalchemy import Column, Integer, MetaData, Table, Text
+
+    from store.db import make_engine
+
+    settings = Settings.load()
+    engine = make_engine(settings.database_url)
+    table = Table(
+        FLOOR_TABLE, MetaData(), Column("id", Integer, primary_key=True), Column("body", Text, nullable=False)
+    )
+    table.create(engine, checkfirst=True)
+    insert = table.insert().returning(table.c.id)
+    broker = RabbitmqBroker(url=settings.broker_url, confirm_delivery=True)
+    drain = dramatiq.actor(broker=broker, actor_name="bench_floor", queue_name=FLOOR_QUEUE)(lambda i: None)
+
+    class Floor:
+        def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+            body = req.bounded_stream.read()
+            event = json.loads(body)
+            with engine.begin() as conn:
+                row_id = conn.execute(insert, {"body": body.decode()}).scalar_one()
+            drain.send(row_id)
+            resp.status = falcon.HTTP_202
+            resp.media = {"id": event["event"]["id"], "queued": True}
+
+    _serve(Floor(), threads=int(argv[0]), ident="floor")
+
+
+def _serve(resource: object, *, threads: int, ident: str) -> None:
     import logging
 
+    import falcon
+    from waitress.server import create_server
+
+    app = falcon.App()
+    app.add_route(WEBHOOK_PATH, resource)
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
-    server = create_server(app, host="127.0.0.1", port=0, threads=int(argv[0]), ident="echo")
+    server = create_server(app, host="127.0.0.1", port=0, threads=threads, ident=ident)
     port = server.effective_port  # type: ignore[union-attr]
-    print(f"echo listening on http://127.0.0.1:{port}", file=sys.stderr, flush=True)
+    print(f"{ident} listening on http://127.0.0.1:{port}", file=sys.stderr, flush=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     server.run()
 
@@ -295,6 +342,19 @@ class _Vhost:
             conn.close()
 
 
+def _drop_floor_table(database_url: str) -> None:
+    from sqlalchemy import text
+
+    from store.db import make_engine
+
+    engine = make_engine(database_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text(f"DROP TABLE IF EXISTS {FLOOR_TABLE}"))
+    finally:
+        engine.dispose()
+
+
 def _stored(database_url: str, event_ids: list[str]) -> int:
     from sqlalchemy import func, select
 
@@ -349,12 +409,17 @@ def ingress(
 
         with _server(echo_args, env, workdir / "echo.log") as server:
             bare, bare_cpu_ms = measured(server)
+        floor_args = [sys.executable, "-m", "offload.bench_ingress", "floor", str(threads)]
+        with _server(floor_args, env, workdir / "floor.log") as server:
+            floor, floor_cpu_ms = measured(server)
+        _drop_floor_table(db_url)
         web_args = [sys.executable, "-m", "offload", "web", "--port", "0"]
         with _server(web_args, env, workdir / "web.log") as server:
             ours, ours_cpu_ms = measured(server)
         stored = _stored(db_url, ours.accepted_ids)
         in_queue = vhost.message_count("offload.webhook-drain")
     ratio = ours.rate / bare.rate if bare.rate else 0.0
+    floor_ratio = floor.rate / bare.rate if bare.rate else 0.0
     lost = len(ours.accepted_ids) - stored
     figures = {
         "connections": connections,
@@ -368,6 +433,13 @@ def ingress(
             "statuses": bare.statuses,
             "server_cpu_ms_per_request": bare_cpu_ms,
         },
+        "floor": {
+            "rate": floor.rate,
+            "p50_ms": floor.p50_ms,
+            "p99_ms": floor.p99_ms,
+            "statuses": floor.statuses,
+            "server_cpu_ms_per_request": floor_cpu_ms,
+        },
         "offload": {
             "rate": ours.rate,
             "p50_ms": ours.p50_ms,
@@ -380,6 +452,7 @@ def ingress(
             "drain_messages": in_queue,
         },
         "ratio": ratio,
+        "floor_ratio": floor_ratio,
         "lost": lost,
         "targets": {"ratio>=0.5": ratio >= 0.5, "p99<=50ms": ours.p99_ms <= 50, "lost==0": lost == 0},
     }
@@ -387,10 +460,15 @@ def ingress(
         click.echo(json.dumps(figures, indent=2))
     else:
         click.echo(f"{'':10} {'events/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'cpu ms/req':>10}  answers")
-        for name, r, cpu in (("bare", bare, bare_cpu_ms), ("offload", ours, ours_cpu_ms)):
+        sides = (("bare", bare, bare_cpu_ms), ("floor", floor, floor_cpu_ms), ("offload", ours, ours_cpu_ms))
+        for name, r, cpu in sides:
             click.echo(f"{name:10} {r.rate:9.0f} {r.p50_ms:8.1f} {r.p99_ms:8.1f} {cpu:10.2f}  {r.statuses}")
         click.echo(
-            f"ratio {ratio:.2f} (target >= 0.5); accepted {len(ours.accepted_ids)}, stored {stored}, "
+            f"ratio {ratio:.2f} (target >= 0.5); floor ratio {floor_ratio:.2f} (one commit and one confirmed "
+            "publish per request: a ceiling for any server that stores and queues before answering)"
+        )
+        click.echo(
+            f"accepted {len(ours.accepted_ids)}, stored {stored}, "
             f"lost {lost}; queued {ours.queued}, drain messages on RabbitMQ {in_queue}"
         )
     if lost:
@@ -398,4 +476,4 @@ def ingress(
 
 
 if __name__ == "__main__":
-    {"load": load_main, "echo": echo_main}[sys.argv[1]](sys.argv[2:])
+    {"load": load_main, "echo": echo_main, "floor": floor_main}[sys.argv[1]](sys.argv[2:])

@@ -40,5 +40,5 @@ def test_the_ingress_benchmark_loses_no_event_and_reports_both_servers(settings:
     assert out.returncode == 0, out.stderr
     figures = json.loads(out.stdout)
     assert figures["lost"] == 0 and figures["offload"]["stored"] == figures["offload"]["accepted"] == 40
-    for side in ("bare", "offload"):
+    for side in ("bare", "floor", "offload"):
         assert figures[side]["rate"] > 0 and figures[side]["server_cpu_ms_per_request"] > 0, figures
