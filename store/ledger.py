@@ -51,7 +51,7 @@ _EVENT_COLUMNS = (_runs.c.id, _runs.c.status, _runs.c.attempt, _runs.c.worker_ho
 # INSERT ... ON CONFLICT (dispatch_key) DO NOTHING RETURNING *: a known key raises no error that
 # would abort a caller's transaction.
 _INSERT_RUN = {
-    name: insert_on(_runs).on_conflict_do_nothing(index_elements=["dispatch_key"]).returning(*_runs.c)
+    name: insert_on(_runs).on_conflict_do_nothing(index_elements=["dispatch_key"]).returning(_runs.c.id)
     for name, insert_on in (("postgresql", postgresql.insert), ("sqlite", sqlite.insert))
 }
 _INSERT_EVENT = insert(_events)
@@ -159,6 +159,10 @@ class RunView:
         return out
 
 
+#: The fields of a run that a fresh ledger row leaves empty.
+_UNSET: dict[str, Any] = {f.name: None for f in fields(RunView)}
+
+
 @dataclass(frozen=True)
 class EventView:
     at: datetime
@@ -210,10 +214,12 @@ class SqlLedger:
 
     def _record_dispatch(self, conn: Connection, new: NewRun) -> tuple[RunView, bool]:
         now = self._clock()
-        new_row = conn.execute(_INSERT_RUN[conn.dialect.name], _new_row(new, now)).one_or_none()
-        if new_row is not None:  # the common case: a key never seen
-            conn.execute(_INSERT_EVENT, _event_row(new_row, now))
-            return RunView.of(new_row), False
+        values = _new_row(new, now)
+        run_id = conn.execute(_INSERT_RUN[conn.dialect.name], values).scalar_one_or_none()
+        if run_id is not None:  # the common case: a key never seen
+            run = RunView(**{**_UNSET, **values, "id": run_id})
+            conn.execute(_INSERT_EVENT, _event_row(run, now))
+            return run, False
         with Session(bind=conn, expire_on_commit=False) as s:  # joins conn's transaction
             row = _lock(s, new.dispatch_key)
             if row.status in REOPENABLE or (row.status == RunStatus.LOST and row.mode == "inline"):
@@ -559,7 +565,7 @@ def _new_row(new: NewRun, now: datetime) -> dict[str, Any]:
     }
 
 
-def _event_row(row: Row[Any], now: datetime) -> dict[str, Any]:
+def _event_row(row: Row[Any] | RunView, now: datetime) -> dict[str, Any]:
     return {
         "run_id": row.id,
         "at": now,
