@@ -48,7 +48,7 @@ def _literals(statuses: frozenset[RunStatus]) -> list[Any]:
 _EVENT_COLUMNS = (_runs.c.id, _runs.c.status, _runs.c.attempt, _runs.c.worker_host, _runs.c.worker_pid)
 
 # The hot path's statements, built once: building and caching them per call cost more CPU than running them.
-# INSERT ... ON CONFLICT (dispatch_key) DO NOTHING RETURNING *: a known key raises no error that
+# INSERT ... ON CONFLICT (dispatch_key) DO NOTHING RETURNING id: a known key raises no error that
 # would abort a caller's transaction.
 _INSERT_RUN = {
     name: insert_on(_runs).on_conflict_do_nothing(index_elements=["dispatch_key"]).returning(_runs.c.id)
