@@ -13,16 +13,20 @@ KNOWN_TYPES = ("EMAIL_SENT", "LEAD_REPLIED", "EMAIL_BOUNCED", "LEAD_UNSUBSCRIBED
 _NEEDS_MESSAGE = ("EMAIL_SENT", "LEAD_REPLIED")
 
 
+#: Stored in its own column and shown to operators: printable text only (PostgreSQL refuses NUL).
+_PRINTABLE = r"^[^\x00-\x1f\x7f]+$"
+
+
 class EventMeta(BaseModel):
-    id: str = Field(min_length=1, max_length=200)
-    type: str = Field(min_length=1, max_length=100)
+    id: str = Field(min_length=1, max_length=200, pattern=_PRINTABLE)
+    type: str = Field(min_length=1, max_length=100, pattern=_PRINTABLE)
     created_at: datetime | None = None
 
 
 class Lead(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    email: str = Field(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")
+    email: str = Field(min_length=3, max_length=320, pattern=r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+$")
     id: str | None = Field(default=None, max_length=200, description="the sending platform's lead id")
     first_name: str | None = None
     last_name: str | None = None

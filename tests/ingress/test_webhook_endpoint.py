@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -147,8 +148,22 @@ def test_malformed_json_is_400_and_nothing_is_stored(
         ({**payload("e"), "message": {"id": "m", "at": "yesterday"}}, ["message.at"]),
         ({"event": {"id": "e", "type": "EMAIL_SENT"}, "workspace_id": "w"}, ["(body)"]),
         ({"event": {"type": 5}, "workspace_id": ""}, ["event.id", "event.type", "workspace_id"]),
+        (payload("e\u0000vil"), ["event.id"]),
+        ({**payload("e"), "event": {"id": "e", "type": "EMAIL_\u001bSENT"}}, ["event.type"]),
+        (payload("e", email="lead\u0000@example.com"), ["lead.email"]),
     ],
-    ids=["array", "no-event", "empty-id", "bad-email", "bad-date", "sent-without-lead", "several"],
+    ids=[
+        "array",
+        "no-event",
+        "empty-id",
+        "bad-email",
+        "bad-date",
+        "sent-without-lead",
+        "several",
+        "nul-in-id",
+        "control-in-type",
+        "nul-in-email",
+    ],
 )
 def test_wrong_shape_is_422_with_the_field_paths_and_nothing_is_stored(
     client: testing.TestClient, web_runtime: Runtime, rabbit: Rabbit, body: Any, paths: list[str]
@@ -171,6 +186,30 @@ def test_a_duplicate_event_id_answers_200_duplicate_and_is_queued_once(
     assert len(stored_events(web_runtime)) == 1
     assert run_count(web_runtime, "webhook-drain") == 1
     assert queued_messages(rabbit, DRAIN_QUEUE) == 1
+
+
+def test_a_concurrent_burst_repeating_event_ids_stores_and_queues_each_event_once(
+    client: testing.TestClient, web_runtime: Runtime, rabbit: Rabbit
+) -> None:
+    """Concurrent requests, some racing on one event id: each event is stored, queued and answered once."""
+    event_ids = [f"evt-burst-{i % 12}" for i in range(36)]  # each event three times, interleaved
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        results = list(pool.map(lambda event_id: post(client, encode(payload(event_id))), event_ids))
+    assert sorted(r.status_code for r in results) == [200] * 24 + [202] * 12
+    accepted = {
+        r.json["id"]: event_id for r, event_id in zip(results, event_ids, strict=True) if r.status_code == 202
+    }
+    assert all(r.json == {"id": r.json["id"], "queued": True} for r in results if r.status_code == 202)
+    for r, event_id in zip(results, event_ids, strict=True):
+        if r.status_code == 200:
+            assert r.json == {"id": r.json["id"], "duplicate": True} and accepted[r.json["id"]] == event_id
+    stored = {e.id: e.provider_event_id for e in stored_events(web_runtime)}
+    assert stored == accepted
+    for row_id in stored:
+        run = web_runtime.ledger.get(f"webhook-drain:{row_id}")
+        assert run is not None and run.status == "queued" and run.params == {"event_id": row_id}
+    assert run_count(web_runtime, "webhook-drain") == 12
+    assert queued_messages(rabbit, DRAIN_QUEUE) == 12
 
 
 def test_an_unknown_event_type_is_stored_and_marked_ignored(
