@@ -90,6 +90,19 @@ def test_inline_failure_is_recorded_failed_with_the_error(runtime: Runtime) -> N
     assert runtime.leases.held("test-explode") == 0
 
 
+def test_an_error_text_with_control_characters_is_recorded(runtime: Runtime) -> None:
+    """PostgreSQL refuses NUL in text: an error quoting a provider's binary answer must still be recorded."""
+    error = "HTTP 502: \x00\x01binary\x00 page"
+    d = runtime.dispatcher.dispatch("test-explode", trigger="cli", params={"error": error}, inline=True)
+    run = runtime.ledger.get(d.dispatch_key)
+    assert run is not None and (run.status, run.error_type) == ("failed", "RuntimeError")
+    assert run.error_message == "HTTP 502: \ufffd\x01binary\ufffd page"
+    assert [e.detail for e in runtime.ledger.events(d.dispatch_key)][
+        -1
+    ] == f"RuntimeError: {run.error_message}"
+    assert runtime.leases.held("test-explode") == 0
+
+
 def test_a_message_skipped_after_its_guards_committed_still_frees_its_slot(runtime: Runtime) -> None:
     guard = runtime.ledger.begin()
     assert runtime.leases.acquire(guard, "test-capped", cap=2, key="k", token="t", lease_s=60)

@@ -45,7 +45,7 @@ def explode(ctx: JobContext) -> Mapping[str, Any]:
     trace("start", ctx)
     if ctx.params.get("permanent"):
         raise PermanentError(f"refused {ctx.key}")
-    raise RuntimeError(f"boom in {ctx.key}")
+    raise RuntimeError(ctx.params.get("error") or f"boom in {ctx.key}")
 
 
 TEST_JOBS = [
