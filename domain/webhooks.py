@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -13,13 +13,15 @@ KNOWN_TYPES = ("EMAIL_SENT", "LEAD_REPLIED", "EMAIL_BOUNCED", "LEAD_UNSUBSCRIBED
 _NEEDS_MESSAGE = ("EMAIL_SENT", "LEAD_REPLIED")
 
 
-#: Stored in its own column and shown to operators: printable text only (PostgreSQL refuses NUL).
-_PRINTABLE = r"^[^\x00-\x1f\x7f]+$"
+#: Ids and types: printable text only (they key rows and show in operators' views).
+PrintableText = Annotated[str, Field(pattern=r"^[^\x00-\x1f\x7f]+$")]
+#: Any other text the handlers store: PostgreSQL refuses NUL in text.
+StorableText = Annotated[str, Field(pattern=r"^[^\x00]*$")]
 
 
 class EventMeta(BaseModel):
-    id: str = Field(min_length=1, max_length=200, pattern=_PRINTABLE)
-    type: str = Field(min_length=1, max_length=100, pattern=_PRINTABLE)
+    id: PrintableText = Field(min_length=1, max_length=200)
+    type: PrintableText = Field(min_length=1, max_length=100)
     created_at: datetime | None = None
 
 
@@ -27,19 +29,21 @@ class Lead(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     email: str = Field(min_length=3, max_length=320, pattern=r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+$")
-    id: str | None = Field(default=None, max_length=200, description="the sending platform's lead id")
-    first_name: str | None = None
-    last_name: str | None = None
-    time_zone: str | None = None
-    campaign_id: str | None = None
+    id: PrintableText | None = Field(
+        default=None, max_length=200, description="the sending platform's lead id"
+    )
+    first_name: StorableText | None = None
+    last_name: StorableText | None = None
+    time_zone: StorableText | None = None
+    campaign_id: PrintableText | None = None
 
 
 class Message(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    id: str = Field(min_length=1, max_length=300, description="provider message id")
-    thread_id: str | None = None
-    subject: str | None = None
+    id: PrintableText = Field(min_length=1, max_length=300, description="provider message id")
+    thread_id: PrintableText | None = None
+    subject: StorableText | None = None
     at: datetime = Field(description="when it was sent or received")
     sequence_step: int | None = None
 
@@ -50,7 +54,7 @@ class EmailWebhook(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     event: EventMeta
-    workspace_id: str = Field(min_length=1, max_length=200)
+    workspace_id: PrintableText = Field(min_length=1, max_length=200)
     lead: Lead | None = None
     message: Message | None = None
 

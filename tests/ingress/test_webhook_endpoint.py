@@ -148,9 +148,17 @@ def test_malformed_json_is_400_and_nothing_is_stored(
         ({**payload("e"), "message": {"id": "m", "at": "yesterday"}}, ["message.at"]),
         ({"event": {"id": "e", "type": "EMAIL_SENT"}, "workspace_id": "w"}, ["(body)"]),
         ({"event": {"type": 5}, "workspace_id": ""}, ["event.id", "event.type", "workspace_id"]),
-        (payload("e\u0000vil"), ["event.id"]),
+        (payload("e\u0000vil"), ["event.id", "message.id"]),
         ({**payload("e"), "event": {"id": "e", "type": "EMAIL_\u001bSENT"}}, ["event.type"]),
         (payload("e", email="lead\u0000@example.com"), ["lead.email"]),
+        (
+            {**payload("e"), "lead": {"email": "a@example.com", "first_name": "A\u0000da"}},
+            ["lead.first_name"],
+        ),
+        (
+            {**payload("e"), "message": {"id": "m", "at": "2026-01-05T09:00:00Z", "subject": "\u0000"}},
+            ["message.subject"],
+        ),
     ],
     ids=[
         "array",
@@ -163,6 +171,8 @@ def test_malformed_json_is_400_and_nothing_is_stored(
         "nul-in-id",
         "control-in-type",
         "nul-in-email",
+        "nul-in-name",
+        "nul-in-subject",
     ],
 )
 def test_wrong_shape_is_422_with_the_field_paths_and_nothing_is_stored(
