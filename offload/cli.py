@@ -9,15 +9,36 @@ from typing import Any
 
 import click
 
+from domain.runs import RunStatus
 from offload.settings import Settings, SettingsError, redact
 
 
 def main() -> None:
+    from store.errors import StoreError
+
     try:
         cli(standalone_mode=True)
     except SettingsError as e:
         click.echo(f"offload: {e}", err=True)
         sys.exit(2)
+    except StoreError as e:
+        click.echo(f"offload: database: {e}{_unmigrated_hint()}", err=True)
+        sys.exit(1)
+
+
+def _unmigrated_hint() -> str:
+    """After a database error, whether the database lacks migrations (when it can be asked)."""
+    from store import db as store_db
+    from store.errors import StoreError
+
+    engine = store_db.make_engine(Settings.load().database_url)
+    try:
+        behind = store_db.current_revision(engine) != store_db.head_revision()
+    except StoreError:
+        return ""
+    finally:
+        engine.dispose()
+    return " (the database is not migrated: run `offload db upgrade`)" if behind else ""
 
 
 class Ctx:
@@ -147,8 +168,10 @@ def dispatch(ctx: Ctx, job: str, inline: bool | None, params: tuple[str, ...]) -
 
 @cli.command()
 @click.option("--job", help="Only this job.")
-@click.option("--status", help="Only runs in this status.")
-@click.option("--limit", default=20, show_default=True)
+@click.option(
+    "--status", type=click.Choice(sorted(s.value for s in RunStatus)), help="Only runs in this status."
+)
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @pass_ctx
 def runs(ctx: Ctx, job: str | None, status: str | None, limit: int, as_json: bool) -> None:

@@ -117,11 +117,18 @@ def _first_line(e: BaseException) -> str:
     return text.strip().splitlines()[0][:300] if text.strip() else type(e).__name__
 
 
-def alembic_config(engine: Engine) -> Config:
+def alembic_config(engine: Engine | None = None) -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(_MIGRATIONS))
     cfg.attributes["engine"] = engine
     return cfg
+
+
+def head_revision() -> str | None:
+    """The newest migration's revision."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
