@@ -40,7 +40,7 @@ class UtcDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-class Report(TypeDecorator[str]):
+class OutcomeText(TypeDecorator[str]):
     """Text the program writes about an outcome (errors, reasons), stored with NUL as U+FFFD.
 
     Error texts quote other systems' answers, and PostgreSQL refuses NUL in text: without this, the
@@ -85,7 +85,7 @@ class Run(Base):
     worker_host: Mapped[str | None] = mapped_column(String(255))
     worker_pid: Mapped[int | None]
     error_type: Mapped[str | None] = mapped_column(String(200))
-    error_message: Mapped[str | None] = mapped_column(Report)
+    error_message: Mapped[str | None] = mapped_column(OutcomeText)
     result: Mapped[dict[str, Any] | None]
     replay_of: Mapped[int | None] = mapped_column(ForeignKey("background_function_runs.id"))
 
@@ -107,7 +107,7 @@ class RunEvent(Base):
     attempt: Mapped[int]
     worker_host: Mapped[str | None] = mapped_column(String(255))
     worker_pid: Mapped[int | None]
-    detail: Mapped[str | None] = mapped_column(Report)
+    detail: Mapped[str | None] = mapped_column(OutcomeText)
 
     __table_args__ = (Index("ix_run_events_run_id", "run_id", "id"),)
 
@@ -134,7 +134,7 @@ class BackgroundJobRow(Base):
     max_attempts: Mapped[int] = mapped_column(default=5)
     run_at: Mapped[datetime]
     locked_until: Mapped[datetime | None]
-    last_error: Mapped[str | None] = mapped_column(Report)
+    last_error: Mapped[str | None] = mapped_column(OutcomeText)
     created_at: Mapped[datetime]
     finished_at: Mapped[datetime | None]
 
@@ -154,7 +154,7 @@ class WebhookEvent(Base):
     headers: Mapped[dict[str, Any]]
     body: Mapped[str] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(20), default="pending")
-    status_reason: Mapped[str | None] = mapped_column(Report)
+    status_reason: Mapped[str | None] = mapped_column(OutcomeText)
     attempts: Mapped[int] = mapped_column(default=0)
     received_at: Mapped[datetime]
     queued_at: Mapped[datetime | None]
@@ -277,7 +277,7 @@ class FollowupTaskRow(Base):
     attempts: Mapped[int] = mapped_column(default=0)
     thread_id: Mapped[str | None] = mapped_column(String(300))
     provider_message_id: Mapped[str | None] = mapped_column(String(300))
-    last_error: Mapped[str | None] = mapped_column(Report)
+    last_error: Mapped[str | None] = mapped_column(OutcomeText)
     finished_at: Mapped[datetime | None]
 
     __table_args__ = (
