@@ -26,6 +26,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import click
@@ -49,6 +50,16 @@ class LoadResult:
     @property
     def rate(self) -> float:
         return len(self.accepted_ids) / self.elapsed_s if self.elapsed_s else 0.0
+
+    def figures(self, server_cpu_ms: float) -> dict[str, Any]:
+        """One server's entry in the JSON report."""
+        return {
+            "rate": self.rate,
+            "p50_ms": self.p50_ms,
+            "p99_ms": self.p99_ms,
+            "statuses": self.statuses,
+            "server_cpu_ms_per_request": server_cpu_ms,
+        }
 
 
 # -- the load generator (a process of its own) ---------------------------------------------------
@@ -426,26 +437,10 @@ def ingress(
         "threads": threads,
         "count": count,
         "database": urlsplit(db_url).scheme,
-        "bare": {
-            "rate": bare.rate,
-            "p50_ms": bare.p50_ms,
-            "p99_ms": bare.p99_ms,
-            "statuses": bare.statuses,
-            "server_cpu_ms_per_request": bare_cpu_ms,
-        },
-        "floor": {
-            "rate": floor.rate,
-            "p50_ms": floor.p50_ms,
-            "p99_ms": floor.p99_ms,
-            "statuses": floor.statuses,
-            "server_cpu_ms_per_request": floor_cpu_ms,
-        },
+        "bare": bare.figures(bare_cpu_ms),
+        "floor": floor.figures(floor_cpu_ms),
         "offload": {
-            "rate": ours.rate,
-            "p50_ms": ours.p50_ms,
-            "p99_ms": ours.p99_ms,
-            "statuses": ours.statuses,
-            "server_cpu_ms_per_request": ours_cpu_ms,
+            **ours.figures(ours_cpu_ms),
             "accepted": len(ours.accepted_ids),
             "queued": ours.queued,
             "stored": stored,

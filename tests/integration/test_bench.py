@@ -11,34 +11,31 @@ from offload.settings import Settings
 from tests.support.procs import ROOT, env_for
 
 
-def test_the_pipeline_benchmark_drains_both_sides_and_prints_their_ratio(settings: Settings) -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "offload", "bench", "pipeline", "--messages", "40", "--threads", "4"],
-        cwd=ROOT,
-        env=env_for(settings),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.returncode == 0, out.stderr
-    rates = re.findall(r":\s+(\d+) msg/s .* cpu\s+(\d+) us/msg", out.stdout)
-    assert len(rates) == 3 and all(int(rate) > 0 and int(cpu) > 0 for rate, cpu in rates), out.stdout
-    for ratio in ("guarded/bare", "floor/bare"):
-        assert re.search(rf"ratio {ratio}:\s+\d+\.\d\d", out.stdout), out.stdout
-
-
-def test_the_ingress_benchmark_loses_no_event_and_reports_both_servers(settings: Settings) -> None:
-    args = ["ingress", "--count", "40", "--warmup", "5", "--json", "--database-url", settings.database_url]
+def bench(settings: Settings, *args: str, timeout_s: float) -> str:
+    """`offload bench ARGS`' standard output; fails the test if the command fails."""
     out = subprocess.run(
         [sys.executable, "-m", "offload", "bench", *args],
         cwd=ROOT,
         env=env_for(settings),
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=timeout_s,
     )
     assert out.returncode == 0, out.stderr
-    figures = json.loads(out.stdout)
+    return out.stdout
+
+
+def test_the_pipeline_benchmark_drains_both_sides_and_prints_their_ratio(settings: Settings) -> None:
+    stdout = bench(settings, "pipeline", "--messages", "40", "--threads", "4", timeout_s=120)
+    rates = re.findall(r":\s+(\d+) msg/s .* cpu\s+(\d+) us/msg", stdout)
+    assert len(rates) == 3 and all(int(rate) > 0 and int(cpu) > 0 for rate, cpu in rates), stdout
+    for ratio in ("guarded/bare", "floor/bare"):
+        assert re.search(rf"ratio {ratio}:\s+\d+\.\d\d", stdout), stdout
+
+
+def test_the_ingress_benchmark_loses_no_event_and_reports_both_servers(settings: Settings) -> None:
+    args = ["ingress", "--count", "40", "--warmup", "5", "--json", "--database-url", settings.database_url]
+    figures = json.loads(bench(settings, *args, timeout_s=180))
     assert figures["lost"] == 0 and figures["offload"]["stored"] == figures["offload"]["accepted"] == 40
     for side in ("bare", "floor", "offload"):
         assert figures[side]["rate"] > 0 and figures[side]["server_cpu_ms_per_request"] > 0, figures

@@ -21,6 +21,19 @@ from tests.support.jobs import EFFECTS_DDL
 ROOT = Path(__file__).resolve().parent.parent.parent
 
 
+def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """`offload ARGS` in a process of its own, configured by `env`'s OFFLOAD_* variables only."""
+    full = {k: v for k, v in os.environ.items() if not k.startswith("OFFLOAD_")} | env
+    return subprocess.run(
+        [sys.executable, "-m", "offload.cli", *args],
+        cwd=ROOT,
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def env_for(settings: Settings, **extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.test_settings import run_cli
+from tests.support.procs import run_cli
 
 
 def test_a_database_without_migrations_says_how_to_migrate_it(tmp_path: Path) -> None:

@@ -2,27 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 from offload.settings import Settings, SettingsError
-from tests.support.procs import ROOT
-
-
-def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    import os
-
-    full = {k: v for k, v in os.environ.items() if not k.startswith("OFFLOAD_")} | env
-    return subprocess.run(
-        [sys.executable, "-m", "offload.cli", *args],
-        cwd=ROOT,
-        env=full,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+from tests.support.procs import run_cli
 
 
 @pytest.mark.parametrize(
