@@ -12,6 +12,7 @@ from dramatiq.middleware import Middleware, default_middleware
 
 from actors.concurrency_cap import ConcurrencyCap
 from actors.dedup import Dedup
+from actors.log_context import LogContext
 from actors.runner import JobRunner
 from actors.status_ledger import StatusLedger
 from domain.errors import PermanentError
@@ -32,6 +33,7 @@ def make_broker(
     the dead letter queue), then free the slot.
     """
     front: list[Middleware] = [
+        LogContext(),
         Dedup(ledger=ledger),
         ConcurrencyCap(leases=leases),
         StatusLedger(ledger=ledger),

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import re
 import uuid
-from contextvars import ContextVar
 from typing import Any
 
 import falcon
 
+from actors import log_ids
+
 HEADER = "X-Correlation-Id"
 #: What a caller's id may look like; anything else is replaced (it ends up in the ledger and logs).
 _VALID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,99}")
-
-#: The correlation id of the request this thread serves, for log records.
-current: ContextVar[str | None] = ContextVar("offload_correlation_id", default=None)
 
 
 class CorrelationId:
@@ -24,7 +22,7 @@ class CorrelationId:
         given = req.get_header(HEADER)
         cid = given if given and _VALID.fullmatch(given) else uuid.uuid4().hex
         req.context.correlation_id = cid
-        req.context.correlation_token = current.set(cid)
+        req.context.correlation_token = log_ids.correlation_id.set(cid)
 
     def process_response(
         self, req: falcon.Request, resp: falcon.Response, resource: Any, req_succeeded: bool
@@ -34,4 +32,4 @@ class CorrelationId:
             resp.set_header(HEADER, cid)
         token = getattr(req.context, "correlation_token", None)
         if token is not None:
-            current.reset(token)
+            log_ids.correlation_id.reset(token)

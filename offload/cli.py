@@ -76,10 +76,9 @@ def cli(verbose: bool) -> None:
     """offload: scheduled jobs and webhooks, run on RabbitMQ workers."""
     import logging
 
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    from offload.logs import configure_logging
+
+    configure_logging(level=logging.INFO if verbose else logging.WARNING)
     # pika logs every failed connection attempt at ERROR; our own one-line errors say it better.
     logging.getLogger("pika").setLevel(logging.WARNING if verbose else logging.CRITICAL)
 

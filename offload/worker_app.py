@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import logging
 
+from offload.logs import configure_logging
 from offload.settings import Settings
 from offload.wiring import build
 
+# The Dramatiq CLI configured logging (and its level, from its -v) before importing this module.
+configure_logging(level=logging.getLogger().level, replace=True)
 logging.getLogger("pika").setLevel(logging.WARNING)
 logging.getLogger("alembic").setLevel(logging.WARNING)
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 import logging
 import os
 
+from offload.logs import configure_logging
 from offload.settings import Settings
 from offload.wiring import build
 from tests.support import domain_hooks
 from tests.support.jobs import TEST_PORTS, TEST_REGISTRY
 
+configure_logging(level=logging.getLogger().level, replace=True)
 logging.getLogger("pika").setLevel(logging.WARNING)
 
 ports = TEST_PORTS

@@ -1,0 +1,34 @@
+"""Log handlers for the entrypoints: one format, with the correlation id and message id on every record."""
+
+from __future__ import annotations
+
+import logging
+from typing import IO
+
+from actors.log_ids import LogIds
+
+FORMAT = "%(asctime)s %(levelname)s %(name)s [%(correlation_id)s %(message_id)s]: %(message)s"
+
+
+def configure_logging(*, level: int, replace: bool = False) -> None:
+    """Log to stderr through `log_handler()`, at `level`.
+
+    Like `logging.basicConfig`, it does nothing when the root logger has handlers already, unless
+    `replace`: Dramatiq's worker processes have the CLI's handler by the time they import our broker.
+
+    Parameters:
+      level: the root logger's level.
+      replace: drop the root logger's handlers first.
+    """
+    logging.basicConfig(level=level, handlers=[log_handler()], force=replace)
+
+
+def log_handler(stream: IO[str] | None = None) -> logging.Handler:
+    """A handler writing FORMAT to `stream` (sys.stderr as it is when called), with the ids on every record.
+
+    The filter sits on the handler, not on a logger, so it sees the records of every library logger.
+    """
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(LogIds())
+    handler.setFormatter(logging.Formatter(FORMAT))
+    return handler
