@@ -5,15 +5,10 @@ from __future__ import annotations
 import os
 import socket
 import time
-from contextlib import suppress
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection
-
-from store import db
-from store.errors import StoreError
 from store.ledger import NewRun, Worker
 
 #: The attempt the current worker thread is running, set by Dedup for the actor body.
@@ -31,24 +26,17 @@ STORE_RETRY_DELAY_MS = 5_000
 class Attempt:
     """What the guards learned about one delivery of one message.
 
-    `guard` is the transaction that claims the run and takes its slot: Dedup opens it,
-    ConcurrencyCap adds to it (or rolls it back when no slot is free), StatusLedger commits it.
-    `verdict` is set when a guard stops the message: (status, detail) for StatusLedger to record.
+    Dedup claims the run and a slot of its job in one write: `token` and `holds_slot` are set when
+    it did, `capped` when the run could start but every slot was held (ConcurrencyCap decides what
+    that means). `verdict` is set when a guard stops the message: (status, detail) for StatusLedger.
     """
 
     key: str
     job: str
     token: str | None = None
-    guard: Connection | None = None
     holds_slot: bool = False
+    capped: bool = False
     verdict: tuple[str, str] | None = None
-
-    def give_back(self) -> None:
-        """Roll the uncommitted claim (and slot) back: this delivery never started the job."""
-        guard, self.guard, self.token, self.holds_slot = self.guard, None, None, False
-        if guard is not None:
-            with suppress(StoreError):  # the server rolls back a transaction whose connection is gone
-                db.end(guard, commit=False)
 
 
 def of(broker: Any, message: Any) -> Attempt:

@@ -26,11 +26,12 @@ HEARTBEAT_S = 30
 def make_broker(
     *, url: str, ledger: SqlLedger, leases: SqlLeases, extra: list[Middleware] | None = None
 ) -> RabbitmqBroker:
-    """A confirming RabbitMQ broker: Dedup, ConcurrencyCap and StatusLedger run before everything else.
+    """A confirming RabbitMQ broker: LogContext, Dedup, ConcurrencyCap and StatusLedger run before the rest.
 
-    Their before-hooks run first, in that order: claim the run, then take a slot. Their after-hooks
-    run last, in reverse: record the outcome (after Retries has decided between another attempt and
-    the dead letter queue), then free the slot.
+    Their before-hooks run first, in that order: put the message's ids on log records, claim the run
+    with a slot, decide what a full cap means. Their after-hooks run last, in reverse: record the
+    outcome (after Retries has decided between another attempt and the dead letter queue), then free
+    the slot.
     """
     front: list[Middleware] = [
         LogContext(),

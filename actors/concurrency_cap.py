@@ -17,13 +17,12 @@ from store.leases import SqlLeases
 class ConcurrencyCap(Middleware):
     """Hold one of the job's `concurrency_cap` database leases while the claimed attempt runs.
 
-    Runs after Dedup, so only the one attempt that claimed its run competes for a slot; the slot is
-    taken in the same transaction as the claim. A message that finds every slot held rolls its claim
-    back and is deferred (re-enqueued with a delay, no retry consumed) or, with `overlap="skip"`,
-    ends `skipped`. The slot is freed with the run's `succeeded` mark, or here after any other end.
-    A holder that dies keeps its slot until the lease expires, except against a later attempt of its
-    own run, which takes it over.
-    If the database cannot be reached the message is deferred: nothing runs unguarded.
+    Dedup takes the slot in the same write as the claim, so only an attempt that claimed its run
+    holds one. A message that finds every slot held (nothing was written) is deferred
+    (re-enqueued with a delay, no retry consumed) or, with `overlap="skip"`, ends `skipped`. The
+    slot is freed with the run's `succeeded` mark, or here after any other end. A holder that dies
+    keeps its slot until the lease expires, except against a later attempt of its own run, which
+    takes it over. If the database cannot be reached the message is deferred: nothing runs unguarded.
 
     Parameters:
       leases: the shared lease store.
@@ -40,42 +39,21 @@ class ConcurrencyCap(Middleware):
         return {"job", "concurrency_cap", "overlap", "max_wait_ms", "lease_s"}
 
     def before_process_message(self, broker: Any, message: Any) -> None:
-        cap = attempt.option(broker, message, "concurrency_cap", None)
         state = attempt.of(broker, message)
-        if cap is None or state.token is None:
+        if not state.capped:
             return
-        max_wait_ms = attempt.option(broker, message, "max_wait_ms", attempt.DEFAULT_MAX_WAIT_MS)
-        delay_ms = int(self.retry_delay_ms * (1 + random.random() / 2))
-        assert state.guard is not None, "Dedup opens the guards' transaction"
-        try:
-            acquired = self.leases.acquire(
-                state.guard,
-                state.job,
-                cap=cap,
-                key=state.key,
-                token=state.token,
-                lease_s=attempt.option(broker, message, "lease_s", attempt.DEFAULT_LEASE_S),
-            )
-        except StoreError as e:
-            state.give_back()
-            defer(
-                broker,
-                message,
-                delay_ms=delay_ms,
-                max_wait_ms=max_wait_ms,
-                status="deferred",
-                detail=f"store unavailable: {e}",
-            )
-        if not acquired:
-            state.give_back()
-            detail = f"concurrency cap {cap} reached"
-            if attempt.option(broker, message, "overlap", "defer") == "skip":
-                state.verdict = ("skipped", detail)
-                raise SkipMessage(detail)
-            defer(
-                broker, message, delay_ms=delay_ms, max_wait_ms=max_wait_ms, status="deferred", detail=detail
-            )
-        state.holds_slot = True
+        detail = f"concurrency cap {attempt.option(broker, message, 'concurrency_cap', 1)} reached"
+        if attempt.option(broker, message, "overlap", "defer") == "skip":
+            state.verdict = ("skipped", detail)
+            raise SkipMessage(detail)
+        defer(
+            broker,
+            message,
+            delay_ms=int(self.retry_delay_ms * (1 + random.random() / 2)),
+            max_wait_ms=attempt.option(broker, message, "max_wait_ms", attempt.DEFAULT_MAX_WAIT_MS),
+            status="deferred",
+            detail=detail,
+        )
 
     def after_process_message(
         self, broker: Any, message: Any, *, result: Any = None, exception: BaseException | None = None

@@ -9,16 +9,16 @@ from dramatiq.middleware import Middleware, SkipMessage
 
 from actors import attempt
 from actors.defer import defer
-from store import db
 from store.errors import StoreError
 from store.ledger import SqlLedger
 
 
 class Dedup(Middleware):
-    """Claim the message's dispatch key on the ledger before the actor runs.
+    """Claim the message's dispatch key on the ledger, with a slot of its job's cap, before the actor runs.
 
-    The claim is made in the guards' transaction (see `attempt.Attempt.guard`), which
-    StatusLedger commits once ConcurrencyCap has added the slot.
+    The claim and the slot are one committed write (`SqlLedger.claim`: one statement on
+    PostgreSQL), so no job starts without both and a wait for a slot is never an attempt. When
+    every slot is held, ConcurrencyCap decides whether the message waits or is skipped.
 
     A key that already succeeded is skipped and counted as a duplicate. A key held by a live
     attempt elsewhere (a second copy of the message) is deferred until that lease can expire. A
@@ -38,25 +38,14 @@ class Dedup(Middleware):
     def before_process_message(self, broker: Any, message: Any) -> None:
         state = attempt.of(broker, message)
         max_wait_ms = attempt.option(broker, message, "max_wait_ms", attempt.DEFAULT_MAX_WAIT_MS)
-        max_retries = attempt.option(broker, message, "max_retries", 20)
         try:
-            guard = self.ledger.begin()
-            try:
-                claim = self.ledger.claim(
-                    attempt.new_run(broker, message),
-                    lease_s=attempt.option(broker, message, "lease_s", attempt.DEFAULT_LEASE_S),
-                    worker=attempt.this_worker(),
-                    max_attempts=max_retries + 1,
-                    conn=guard,
-                )
-            except BaseException:
-                db.end(guard, commit=False)
-                raise
-            if claim.outcome == "claimed":  # the guards' transaction stays open for the slot
-                state.token, state.guard = claim.token, guard
-                attempt.current.set(state)
-                return
-            db.end(guard, commit=True)  # a duplicate's count, a dead mark
+            claim = self.ledger.claim(
+                attempt.new_run(broker, message),
+                cap=attempt.option(broker, message, "concurrency_cap", 1),
+                lease_s=attempt.option(broker, message, "lease_s", attempt.DEFAULT_LEASE_S),
+                worker=attempt.this_worker(),
+                max_attempts=attempt.option(broker, message, "max_retries", 20) + 1,
+            )
         except StoreError as e:
             defer(
                 broker,
@@ -66,6 +55,13 @@ class Dedup(Middleware):
                 status="deferred",
                 detail=f"store unavailable: {e}",
             )
+        if claim.outcome == "claimed":
+            state.token, state.holds_slot = claim.token, True
+            attempt.current.set(state)
+            return
+        if claim.outcome == "capped":
+            state.capped = True
+            return
         assert claim.run is not None, "a refused claim says why"
         if claim.outcome == "busy":
             assert claim.run.lease_expires_at is not None

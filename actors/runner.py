@@ -16,7 +16,6 @@ from domain.context import JobContext
 from domain.ports import Ports
 from domain.registry import JobSpec
 from domain.runs import RunStatus
-from store import db
 from store.errors import LeaseLost
 from store.leases import SqlLeases
 from store.ledger import NewRun, RunView, SqlLedger, utcnow
@@ -70,16 +69,12 @@ class JobRunner:
     def lease_s(self, spec: JobSpec) -> float:
         return spec.time_limit_ms / 1000 + self.lease_grace_s
 
-    def execute(
-        self, spec: JobSpec, key: str, token: str, params: Mapping[str, Any], *, holds_slot: bool
-    ) -> Mapping[str, Any]:
+    def execute(self, spec: JobSpec, key: str, token: str, params: Mapping[str, Any]) -> Mapping[str, Any]:
         """Call the domain function; commit its last work with the fenced `succeeded` mark and the slot."""
         started_at = self.ledger.now()
         with self.uow() as uow:
             result = spec.run(JobContext(key=key, uow=uow, params=params, now=self.clock(), ports=self.ports))
-            self.ledger.complete_in(uow.session, key, token, result, started_at=started_at)
-            if holds_slot:
-                self.leases.release(spec.name, key=key, token=token, conn=uow.session.connection())
+            self.ledger.complete_in(uow.session, key, token, result, job=spec.name, started_at=started_at)
             uow.commit()
         logger.info("Run %r succeeded: %s", key, dict(result))
         return result
@@ -90,7 +85,7 @@ class JobRunner:
         if state is None or state.key != key or state.token is None:
             raise RuntimeError(f"{spec.actor_name} ran without a claim on {key!r}: is Dedup installed?")
         try:
-            self.execute(spec, key, state.token, params, holds_slot=state.holds_slot)
+            self.execute(spec, key, state.token, params)
         except LeaseLost:
             # Another attempt took the run over while this one ran: its work was rolled back and
             # the run is theirs. Retrying would only find a duplicate.
@@ -104,23 +99,18 @@ class JobRunner:
         key = new.dispatch_key
         deadline = time.monotonic() + min(INLINE_MAX_WAIT_S, spec.max_wait_ms / 1000)
         while True:
-            guard = self.ledger.begin()
-            try:
-                claim = self.ledger.claim(
-                    new, lease_s=lease_s, worker=attempt.this_worker(), max_attempts=1 << 30, conn=guard
-                )
-                slot = claim.token is not None and self.leases.acquire(
-                    guard, spec.name, cap=spec.concurrency_cap, key=key, token=claim.token, lease_s=lease_s
-                )
-            except BaseException:
-                db.end(guard, commit=False)
-                raise
-            db.end(guard, commit=claim.token is None or slot)  # no slot: the claim is rolled back
-            if claim.token is None:
+            claim = self.ledger.claim(
+                new,
+                cap=spec.concurrency_cap,
+                lease_s=lease_s,
+                worker=attempt.this_worker(),
+                max_attempts=1 << 30,
+            )
+            if claim.token is not None:
+                break
+            if claim.outcome != "capped":
                 assert claim.run is not None, "a refused claim says why"
                 return InlineOutcome(claim.run, None)
-            if slot:
-                break
             if spec.overlap == "skip" or time.monotonic() > deadline:
                 status = RunStatus.SKIPPED if spec.overlap == "skip" else RunStatus.FAILED
                 detail = f"concurrency cap {spec.concurrency_cap} reached"
@@ -128,7 +118,7 @@ class JobRunner:
             time.sleep(INLINE_POLL_S)
         token = claim.token
         try:
-            result = self.execute(spec, key, token, new.params, holds_slot=True)
+            result = self.execute(spec, key, token, new.params)
         except Exception as e:
             logger.exception("Inline run %r failed", key)
             try:

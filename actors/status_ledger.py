@@ -8,9 +8,7 @@ from typing import Any
 from dramatiq.middleware import Middleware
 
 from actors import attempt
-from actors.defer import defer
 from domain.runs import RunStatus
-from store import db
 from store.errors import StoreError
 from store.ledger import SqlLedger
 
@@ -19,42 +17,20 @@ _STOPPED = frozenset({RunStatus.DEFERRED, RunStatus.SKIPPED, RunStatus.DEAD})
 
 
 class StatusLedger(Middleware):
-    """Commit `running`; write `retrying`, `dead`, `deferred` and `skipped`.
+    """Write `retrying`, `dead`, `deferred` and `skipped` on the run's ledger row.
 
-    Dedup and ConcurrencyCap take the run and its slot in one transaction; this commits it, and
-    only then may the job start. If the commit fails the message is deferred.
-
-    `succeeded` is committed by the actor body in the same transaction as the job's last unit of
-    work, fenced by the attempt's lease token. Place this middleware after ConcurrencyCap and ahead
-    of Retries: its after-hooks then run after Retries has decided between another attempt and the
-    dead letter, and before the slot is released.
+    Dedup commits `running` with the claim; `succeeded` is committed by the actor body in the same
+    transaction as the job's last unit of work, fenced by the attempt's lease token. Place this
+    middleware after ConcurrencyCap and ahead of Retries: its after-hooks then run after Retries
+    has decided between another attempt and the dead letter, and before the slot is released.
 
     Parameters:
       ledger: the status ledger.
     """
 
-    def __init__(self, *, ledger: SqlLedger, store_delay_ms: int = attempt.STORE_RETRY_DELAY_MS) -> None:
+    def __init__(self, *, ledger: SqlLedger) -> None:
         self.logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
         self.ledger = ledger
-        self.store_delay_ms = store_delay_ms
-
-    def before_process_message(self, broker: Any, message: Any) -> None:
-        state = attempt.of(broker, message)
-        if state.guard is None:
-            return
-        guard, state.guard = state.guard, None
-        try:
-            db.end(guard, commit=True)
-        except StoreError as e:
-            state.give_back()
-            defer(
-                broker,
-                message,
-                delay_ms=self.store_delay_ms,
-                max_wait_ms=attempt.option(broker, message, "max_wait_ms", attempt.DEFAULT_MAX_WAIT_MS),
-                status="deferred",
-                detail=f"store unavailable: {e}",
-            )
 
     def after_process_message(
         self, broker: Any, message: Any, *, result: Any = None, exception: BaseException | None = None
@@ -69,8 +45,6 @@ class StatusLedger(Middleware):
 
     def after_skip_message(self, broker: Any, message: Any) -> None:
         state = attempt.of(broker, message)
-        if state.guard is not None:  # a guard that stopped the message rolled back itself; never leak it
-            state.give_back()
         if state.verdict is None or state.verdict[0] not in _STOPPED:
             return
         status, detail = RunStatus(state.verdict[0]), state.verdict[1]

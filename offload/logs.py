@@ -7,7 +7,10 @@ from typing import IO
 
 from actors.log_ids import LogIds
 
-FORMAT = "%(asctime)s %(levelname)s %(name)s [%(correlation_id)s %(message_id)s]: %(message)s"
+FORMAT = (
+    "%(asctime)s [PID %(process)d %(threadName)s] %(levelname)s %(name)s"
+    " [%(correlation_id)s %(message_id)s]: %(message)s"
+)
 
 
 def configure_logging(*, level: int, replace: bool = False) -> None:

@@ -91,7 +91,7 @@ def build(settings: Settings, *, registry: Registry = JOBS, ports: Ports | None 
     )
     sessions = db.make_sessions(engine)
     ledger = SqlLedger(engine)
-    leases = SqlLeases(engine)
+    leases = ledger.leases
     ports = ports or default_ports()
     if ports.housekeeping is None:
         ports = replace(

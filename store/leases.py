@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import cast
+from typing import Any, cast
 
 from sqlalchemy import Connection, Engine, Table, bindparam, case, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from store.db import translate_errors
-from store.ledger import utcnow
 from store.models import ConcurrencyLease
 
 _leases = cast(Table, ConcurrencyLease.__table__)
@@ -41,53 +40,86 @@ _RELEASE = (
     .values(holder=None, expires_at=None)
 )
 
+#: The same rules as `_ACQUIRE`, as a PostgreSQL data-modifying CTE named `slot` for the ledger's
+#: one-statement claim: it takes a slot only while the CTE `run` holds a claimable run.
+PG_TAKE_SLOT = """slot AS (
+    UPDATE concurrency_leases SET holder = %(p_holder)s, expires_at = %(p_expires_at)s
+    WHERE job = %(p_job)s AND slot_no = (
+        SELECT slot_no FROM concurrency_leases
+        WHERE job = %(p_job)s AND slot_no < %(p_cap)s AND EXISTS (SELECT FROM run)
+          AND (holder IS NULL OR expires_at < %(p_now)s OR starts_with(holder, %(p_prefix)s))
+        ORDER BY starts_with(holder, %(p_prefix)s) IS NOT TRUE, slot_no
+        LIMIT 1 FOR UPDATE SKIP LOCKED)
+      AND (holder IS NULL OR expires_at < %(p_now)s OR starts_with(holder, %(p_prefix)s))
+    RETURNING slot_no
+)"""
+#: `_RELEASE` as a PostgreSQL data-modifying CTE, for the ledger's one-statement completion.
+PG_RELEASE_SLOT = """freed AS (
+    UPDATE concurrency_leases SET holder = NULL, expires_at = NULL
+    WHERE job = %(p_job)s AND holder = %(p_holder)s
+)"""
+
+
+def holder(key: str, token: str) -> str:
+    return f"{key}#{token}"
+
+
+def slot_params(job: str, *, cap: int, key: str, token: str, now: datetime, lease_s: float) -> dict[str, Any]:
+    """The parameters of taking a slot of `job` for attempt `token` of run `key` until now + `lease_s`."""
+    prefix = f"{key}#"
+    return {
+        "p_job": job,
+        "p_cap": cap,
+        "p_now": now,
+        "p_holder": prefix + token,
+        "p_prefix": prefix,
+        "p_prefix_len": len(prefix),
+        "p_expires_at": now + timedelta(seconds=lease_s),
+    }
+
 
 class SqlLeases:
     """A job with cap N has slots 0..N-1; a slot is free when released or its lease has expired.
 
+    The ledger takes a slot in the statement or transaction that claims a run (`SqlLedger.claim`)
+    and frees it with the `succeeded` mark; `release` frees it after any other end.
+
     Parameters:
       engine: the store's engine.
-      clock: returns the current UTC time.
+      clock: returns the current UTC time (the ledger's).
     """
 
-    def __init__(self, engine: Engine, *, clock: Callable[[], datetime] = utcnow) -> None:
+    def __init__(self, engine: Engine, *, clock: Callable[[], datetime]) -> None:
         self._engine = engine
         self._clock = clock
         self._slots_made: set[tuple[str, int]] = set()
 
-    def acquire(self, conn: Connection, job: str, *, cap: int, key: str, token: str, lease_s: float) -> bool:
-        """Take a slot of `job` for the attempt `token` of run `key` until now + `lease_s`.
+    def ensure(self, job: str, cap: int) -> None:
+        """Make the slot rows of `job` up to `cap`, committed on their own; once per process."""
+        if (job, cap) in self._slots_made:
+            return
+        with translate_errors(), self._engine.connect() as conn:
+            have = set(conn.scalars(select(_leases.c.slot_no).where(_leases.c.job == job)))
+            conn.rollback()
+            for slot_no in set(range(cap)) - have:
+                try:
+                    with conn.begin():
+                        conn.execute(insert(_leases).values(job=job, slot_no=slot_no))
+                except IntegrityError:
+                    pass  # another worker made it first
+        self._slots_made.add((job, cap))
 
-        Runs in the caller's transaction `conn`, the one that claimed the run, so the claim and the
-        slot commit together. False when all `cap` slots are held by other runs. A slot an earlier
-        attempt of the same run still holds (it died) is taken over at once.
-        """
-        now = self._clock()
-        prefix = f"{key}#"
-        with translate_errors():
-            if (job, cap) not in self._slots_made:
-                self._ensure_slots(conn, job, cap)
-            taken = conn.execute(
-                _ACQUIRE,
-                {
-                    "p_job": job,
-                    "p_cap": cap,
-                    "p_now": now,
-                    "p_holder": prefix + token,
-                    "p_prefix": prefix,
-                    "p_prefix_len": len(prefix),
-                    "p_expires_at": now + timedelta(seconds=lease_s),
-                },
-            )
-            if taken.rowcount == 1:
-                return True
-            # Look again next time: slots made in a transaction that was rolled back do not exist.
-            self._slots_made.discard((job, cap))
-            return False
+    def forget(self, job: str, cap: int) -> None:
+        """Look for the slot rows again next time: all were found taken, so some may have gone."""
+        self._slots_made.discard((job, cap))
+
+    def acquire(self, conn: Connection, params: dict[str, Any]) -> bool:
+        """Take the slot `slot_params` describes in the caller's transaction; False if all are held."""
+        return bool(conn.execute(_ACQUIRE, params).rowcount == 1)
 
     def release(self, job: str, *, key: str, token: str, conn: Connection | None = None) -> None:
         """Free the slot this attempt holds, if it still holds it: in `conn`'s transaction, else its own."""
-        params = {"p_job": job, "p_holder": f"{key}#{token}"}
+        params = {"p_job": job, "p_holder": holder(key, token)}
         with translate_errors():
             if conn is not None:
                 conn.execute(_RELEASE, params)
@@ -109,13 +141,3 @@ class SqlLeases:
                 )
             )
             return int(n or 0)
-
-    def _ensure_slots(self, conn: Connection, job: str, cap: int) -> None:
-        have = set(conn.scalars(select(_leases.c.slot_no).where(_leases.c.job == job)))
-        for slot_no in set(range(cap)) - have:
-            try:
-                with conn.begin_nested():
-                    conn.execute(insert(_leases).values(job=job, slot_no=slot_no))
-            except IntegrityError:
-                pass  # another worker made it first
-        self._slots_made.add((job, cap))

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Literal, cast
 
 from sqlalchemy import (
@@ -26,8 +27,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from domain.runs import CLAIMABLE, FINAL, REOPENABLE, RunStatus
-from store.db import begin, make_sessions, translate_errors
+from store.db import make_sessions, translate_errors
 from store.errors import LeaseLost
+from store.leases import PG_RELEASE_SLOT, PG_TAKE_SLOT, SqlLeases, holder, slot_params
 from store.models import Run, RunEvent
 
 ERROR_CHARS = 2000
@@ -93,6 +95,45 @@ _COMPLETE = (
     )
     .returning(*_EVENT_COLUMNS)
 )
+
+
+# On PostgreSQL the claim (run, slot and history row) and the completion (mark, history row and
+# slot) are one statement each: a round trip is most of what a guarded message costs, and one
+# statement is one atomic transaction, so a claim needs no BEGIN and COMMIT of its own.
+_CLAIMABLE_SQL = ", ".join(f"'{s.value}'" for s in sorted(CLAIMABLE - {RunStatus.LOST}))
+_PG_CLAIM = f"""
+WITH run AS MATERIALIZED (
+    SELECT id FROM background_function_runs
+    WHERE dispatch_key = %(p_key)s AND status IN ({_CLAIMABLE_SQL})
+    FOR UPDATE
+), {PG_TAKE_SLOT}, claimed AS (
+    UPDATE background_function_runs AS r SET
+        status = '{RunStatus.RUNNING.value}', attempt = r.attempt + 1, message_id = %(p_message_id)s,
+        lease_token = %(p_token)s, lease_expires_at = %(p_expires_at)s, started_at = %(p_now)s,
+        updated_at = %(p_now)s, finished_at = NULL, worker_host = %(p_host)s, worker_pid = %(p_pid)s,
+        error_type = NULL, error_message = NULL
+    FROM run WHERE r.id = run.id AND EXISTS (SELECT FROM slot)
+    RETURNING r.id, r.status, r.attempt, r.worker_host, r.worker_pid
+), event AS (
+    INSERT INTO background_function_run_events (run_id, at, status, attempt, worker_host, worker_pid)
+    SELECT id, %(p_now)s, status, attempt, worker_host, worker_pid FROM claimed
+)
+SELECT EXISTS (SELECT FROM run), (SELECT attempt FROM claimed)
+"""
+_PG_COMPLETE = f"""
+WITH done AS (
+    UPDATE background_function_runs SET
+        status = '{RunStatus.SUCCEEDED.value}', result = CAST(%(p_result)s AS JSON),
+        started_at = %(p_started_at)s, finished_at = %(p_now)s, updated_at = %(p_now)s,
+        lease_token = NULL, lease_expires_at = NULL
+    WHERE dispatch_key = %(p_key)s AND lease_token = %(p_token)s AND status = '{RunStatus.RUNNING.value}'
+    RETURNING id, status, attempt, worker_host, worker_pid
+), event AS (
+    INSERT INTO background_function_run_events (run_id, at, status, attempt, worker_host, worker_pid)
+    SELECT id, %(p_now)s, status, attempt, worker_host, worker_pid FROM done
+), {PG_RELEASE_SLOT}
+SELECT count(*) FROM done
+"""
 
 
 def utcnow() -> datetime:
@@ -175,9 +216,12 @@ class EventView:
 
 @dataclass(frozen=True)
 class Claim:
-    """The verdict of a claim: attempt number `attempt` runs under `token`, or `run` says why not."""
+    """The verdict of a claim: attempt number `attempt` runs under `token`, or `run` says why not.
 
-    outcome: Literal["claimed", "duplicate", "busy", "exhausted"]
+    `capped`: the run could start but every slot of its job is held; nothing was written.
+    """
+
+    outcome: Literal["claimed", "capped", "duplicate", "busy", "exhausted"]
     attempt: int
     token: str | None = None
     run: RunView | None = None  # the row as it stands, when the claim was refused
@@ -198,6 +242,9 @@ class SqlLedger:
         self._engine = engine
         self._sessions = make_sessions(engine)
         self._clock = clock
+        self._pg = engine.dialect.name == "postgresql"
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self.leases = SqlLeases(engine, clock=clock)
 
     # -- dispatch side -------------------------------------------------------------------------
 
@@ -237,53 +284,54 @@ class SqlLedger:
 
     # -- worker side ---------------------------------------------------------------------------
 
-    def claim(
-        self,
-        new: NewRun,
-        *,
-        lease_s: float,
-        worker: Worker,
-        max_attempts: int,
-        conn: Connection | None = None,
-    ) -> Claim:
-        """Take the run for one attempt: at most one holder at a time, never after success.
+    def claim(self, new: NewRun, *, cap: int, lease_s: float, worker: Worker, max_attempts: int) -> Claim:
+        """Take the run and one of its job's `cap` slots for one attempt, committed before returning.
 
-        A `running` row whose lease expired was held by a worker that died: it is recorded `lost`
-        and taken over. A run that reached `max_attempts` this way is declared `dead`. Runs in
-        `conn`'s transaction when given (the caller commits: the guards take the run and its slot
-        in one transaction), else in its own.
+        At most one holder at a time, never after success. A `running` row whose lease expired was
+        held by a worker that died: it is recorded `lost` and taken over, with the slot the dead
+        attempt held. A run that reached `max_attempts` this way is declared `dead`. When every slot
+        is held by other runs the answer is `capped` and nothing is written: the wait is no attempt.
         """
-        with translate_errors():
-            if conn is not None:
-                return self._claim(conn, new, lease_s=lease_s, worker=worker, max_attempts=max_attempts)
-            with self._engine.begin() as own:
-                return self._claim(own, new, lease_s=lease_s, worker=worker, max_attempts=max_attempts)
-
-    def begin(self) -> Connection:
-        """A transaction for `claim` and the slot (`SqlLeases.acquire`) to commit together; see `db.end`."""
-        return begin(self._engine)
-
-    def _claim(
-        self, conn: Connection, new: NewRun, *, lease_s: float, worker: Worker, max_attempts: int
-    ) -> Claim:
         now = self._clock()
         token = uuid.uuid4().hex
-        expires_at = now + timedelta(seconds=lease_s)
-        row = conn.execute(  # the common case: one conditional update
-            _CLAIM,
-            {
-                "p_key": new.dispatch_key,
-                "p_message_id": new.message_id,
-                "p_token": token,
-                "p_expires_at": expires_at,
-                "p_now": now,
-                "p_host": worker.host,
-                "p_pid": worker.pid,
-            },
-        ).one_or_none()
-        if row is not None:
-            conn.execute(_INSERT_EVENT, _event_row(row, now))
-            return Claim("claimed", row.attempt, token)
+        slot = slot_params(new.job, cap=cap, key=new.dispatch_key, token=token, now=now, lease_s=lease_s)
+        params = {
+            **slot,
+            "p_key": new.dispatch_key,
+            "p_message_id": new.message_id,
+            "p_token": token,
+            "p_host": worker.host,
+            "p_pid": worker.pid,
+        }
+        with translate_errors():
+            self.leases.ensure(new.job, cap)
+            if self._pg:  # the common case in one statement; the rest below
+                with self._autocommit.connect() as conn:
+                    claimable, attempt = conn.exec_driver_sql(_PG_CLAIM, params).one()
+                if attempt is not None:
+                    return Claim("claimed", attempt, token)
+                if claimable:
+                    return self._capped(new.job, cap)
+            with self._engine.connect() as conn, conn.begin() as tx:
+                claim = self._claim(conn, new, params, max_attempts=max_attempts, try_update=not self._pg)
+                if claim.outcome == "claimed" and not self.leases.acquire(conn, slot):
+                    tx.rollback()
+                    return self._capped(new.job, cap)
+                return claim
+
+    def _capped(self, job: str, cap: int) -> Claim:
+        self.leases.forget(job, cap)
+        return Claim("capped", 0)
+
+    def _claim(
+        self, conn: Connection, new: NewRun, params: dict[str, Any], *, max_attempts: int, try_update: bool
+    ) -> Claim:
+        now, token, expires_at = params["p_now"], params["p_token"], params["p_expires_at"]
+        if try_update:  # the common case: one conditional update
+            row = conn.execute(_CLAIM, params).one_or_none()
+            if row is not None:
+                conn.execute(_INSERT_EVENT, _event_row(row, now))
+                return Claim("claimed", row.attempt, token)
         with Session(bind=conn, expire_on_commit=False) as s:  # joins conn's transaction
             orm_row = _lock(s, new.dispatch_key, missing=new, now=now)
             if orm_row.status == RunStatus.RUNNING:
@@ -307,7 +355,7 @@ class SqlLedger:
             orm_row.lease_token, orm_row.lease_expires_at = token, expires_at
             orm_row.started_at = orm_row.updated_at = now
             orm_row.finished_at = None
-            orm_row.worker_host, orm_row.worker_pid = worker.host, worker.pid
+            orm_row.worker_host, orm_row.worker_pid = params["p_host"], params["p_pid"]
             orm_row.error_type = orm_row.error_message = None
             _event(s, orm_row, now)
             s.flush()
@@ -360,30 +408,49 @@ class SqlLedger:
         return self._clock()
 
     def complete_in(
-        self, session: Session, key: str, token: str, result: Mapping[str, Any], *, started_at: datetime
+        self,
+        session: Session,
+        key: str,
+        token: str,
+        result: Mapping[str, Any],
+        *,
+        job: str,
+        started_at: datetime,
     ) -> None:
-        """Mark the attempt succeeded inside the caller's transaction, so it commits with the job's effects.
+        """Mark the attempt succeeded and free its slot in the caller's transaction, with the job's effects.
 
         `started_at` is when the job's body began (after its slot was taken), so the run's timings
-        show the job itself; the claim's time stays in the run's history.
+        show the job itself; the claim's time stays in the run's history. A job that wrote nothing
+        (its session never began) has no effects to commit with: its mark commits alone.
         Raises LeaseLost when another attempt took the run over: the caller must roll back.
         """
         now = self._clock()
+        params = {
+            "p_key": key,
+            "p_token": token,
+            "p_result": dict(result),
+            "p_now": now,
+            "p_started_at": started_at,
+            "p_job": job,
+            "p_holder": holder(key, token),
+        }
         with translate_errors():
-            conn = session.connection()
-            row = conn.execute(
-                _COMPLETE,
-                {
-                    "p_key": key,
-                    "p_token": token,
-                    "p_result": dict(result),
-                    "p_now": now,
-                    "p_started_at": started_at,
-                },
-            ).one_or_none()
-            if row is None:
+            if self._pg:
+                params["p_result"] = json.dumps(params["p_result"])
+                if session.in_transaction():
+                    done = session.connection().exec_driver_sql(_PG_COMPLETE, params).scalar_one()
+                else:
+                    with self._autocommit.connect() as conn:
+                        done = conn.exec_driver_sql(_PG_COMPLETE, params).scalar_one()
+            else:
+                conn = session.connection()
+                row = conn.execute(_COMPLETE, params).one_or_none()
+                if row is not None:
+                    conn.execute(_INSERT_EVENT, _event_row(row, now))
+                    self.leases.release(job, key=key, token=token, conn=conn)
+                done = row is not None
+            if not done:
                 raise LeaseLost(key)
-            conn.execute(_INSERT_EVENT, _event_row(row, now))
 
     def reap(self, *, limit: int = 500) -> int:
         """Mark `running` rows whose lease expired as `lost`; their messages are redelivered by RabbitMQ."""

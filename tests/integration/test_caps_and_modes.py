@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 from actors import attempt
 from offload.wiring import Runtime
-from store import db
+from store.ledger import NewRun, Worker
 from tests.support.procs import Workers, effects, wait_for
 
 
@@ -104,12 +104,14 @@ def test_an_error_text_with_control_characters_is_recorded(runtime: Runtime) -> 
 
 
 def test_a_message_skipped_after_its_guards_committed_still_frees_its_slot(runtime: Runtime) -> None:
-    guard = runtime.ledger.begin()
-    assert runtime.leases.acquire(guard, "test-capped", cap=2, key="k", token="t", lease_s=60)
-    db.end(guard, commit=True)
-    started = attempt.Attempt(key="k", job="test-capped", token="t", holds_slot=True)
+    new = NewRun("test-capped", "k", "k", "c", "cli", "queue", None, {})
+    runtime.ledger.record_dispatch(new)
+    claim = runtime.ledger.claim(new, cap=2, lease_s=60, worker=Worker("here", 1), max_attempts=3)
+    assert claim.outcome == "claimed" and runtime.leases.held("test-capped") == 1
+    started = attempt.Attempt(key="k", job="test-capped", token=claim.token, holds_slot=True)
     message = SimpleNamespace(args=("k", {}), options={}, actor_name="any", _offload_attempt=started)
-    guards = runtime.broker.middleware[:3]
+    names = [type(m).__name__ for m in runtime.broker.middleware]
+    guards = runtime.broker.middleware[names.index("Dedup") : names.index("StatusLedger") + 1]
     assert [type(m).__name__ for m in guards] == ["Dedup", "ConcurrencyCap", "StatusLedger"]
     for middleware in reversed(guards):  # after-hooks run in reverse, as dramatiq runs them
         middleware.after_skip_message(runtime.broker, message)

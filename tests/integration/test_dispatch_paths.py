@@ -173,7 +173,7 @@ def test_export_lists_runs_with_history_and_verify_flags_expired_leases(
         params={},
     )
     an_hour_ago.record_dispatch(dead_worker)
-    an_hour_ago.claim(dead_worker, lease_s=60, worker=Worker("gone", 1), max_attempts=3)
+    an_hour_ago.claim(dead_worker, cap=1, lease_s=60, worker=Worker("gone", 1), max_attempts=3)
     checked = cli("verify")
     assert checked.returncode == 1
     assert "PROBLEM 1 running run(s) hold an expired lease (worker died): `offload reap`" in checked.stdout

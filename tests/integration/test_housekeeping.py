@@ -41,9 +41,9 @@ def test_reaper_job_marks_runs_whose_lease_expired_lost(runtime: Runtime) -> Non
     long_ago = datetime.now(UTC) - timedelta(hours=1)
     old = at(runtime, long_ago)
     old.record_dispatch(new_run("dead-holder"))
-    old.claim(new_run("dead-holder"), lease_s=60, worker=Worker("gone", 1), max_attempts=5)
+    old.claim(new_run("dead-holder"), cap=2, lease_s=60, worker=Worker("gone", 1), max_attempts=5)
     runtime.ledger.record_dispatch(new_run("live-holder"))
-    runtime.ledger.claim(new_run("live-holder"), lease_s=600, worker=Worker("here", 2), max_attempts=5)
+    runtime.ledger.claim(new_run("live-holder"), cap=2, lease_s=600, worker=Worker("here", 2), max_attempts=5)
 
     d = runtime.dispatcher.dispatch("reap-leases", trigger="cli", inline=True)
 

@@ -8,8 +8,6 @@ import pytest
 
 from domain.runs import RunStatus
 from offload.wiring import Runtime
-from store import db
-from store.leases import SqlLeases
 from store.ledger import NewRun, SqlLedger, Worker
 
 A, B = Worker("host-a", 1), Worker("host-b", 2)
@@ -35,42 +33,51 @@ def at(runtime: Runtime, when: datetime) -> SqlLedger:
 def test_a_verdict_without_a_token_never_overwrites_a_running_or_finished_run(runtime: Runtime) -> None:
     ledger = runtime.ledger
     ledger.record_dispatch(new_run())
-    claim = ledger.claim(new_run(), lease_s=60, worker=A, max_attempts=3)
+    claim = ledger.claim(new_run(), cap=1, lease_s=60, worker=A, max_attempts=3)
     assert claim.token is not None
     assert ledger.finish("k", RunStatus.SKIPPED, token=None, detail="late copy") is None
     assert ledger.finish("k", RunStatus.DEAD, token="someone-else", detail="zombie") is None
     with runtime.uow() as uow:
-        ledger.complete_in(uow.session, "k", claim.token, {"ok": 1}, started_at=ledger.now())
+        ledger.complete_in(
+            uow.session, "k", claim.token, {"ok": 1}, job="test-record", started_at=ledger.now()
+        )
         uow.commit()
     assert ledger.finish("k", RunStatus.DEAD, token=None, detail="late copy") is None
     assert ledger.get("k").status == RunStatus.SUCCEEDED  # type: ignore[union-attr]
 
 
-def test_a_claim_rolled_back_for_want_of_a_slot_does_not_count_as_an_attempt(runtime: Runtime) -> None:
+def test_a_claim_that_finds_every_slot_held_writes_nothing(runtime: Runtime) -> None:
     ledger = runtime.ledger
-    ledger.record_dispatch(new_run())
-    guard = ledger.begin()
-    claim = ledger.claim(new_run(), lease_s=60, worker=A, max_attempts=3, conn=guard)
-    assert claim.token is not None
-    db.end(guard, commit=False)
-    run = ledger.defer("k", detail="cap full")
+    for key in ("a", "b"):
+        ledger.record_dispatch(new_run(key))
+    holder = ledger.claim(new_run("a"), cap=1, lease_s=60, worker=A, max_attempts=3)
+    assert holder.outcome == "claimed" and runtime.leases.held("test-record") == 1
+    assert ledger.claim(new_run("b"), cap=1, lease_s=60, worker=B, max_attempts=3).outcome == "capped"
+    waiting = ledger.get("b")
+    assert waiting is not None and (waiting.status, waiting.attempt) == ("queued", 0)
+    assert [e.status for e in ledger.events("b")] == ["queued"]
+    run = ledger.defer("b", detail="cap full")
     assert run is not None and (run.status, run.attempt, run.deferrals) == ("deferred", 0, 1)
     assert run.lease_expires_at is None and run.finished_at is None
-    again = ledger.claim(new_run(), lease_s=60, worker=B, max_attempts=3)
+    assert holder.token is not None
+    with runtime.uow() as uow:  # the holder's success frees the slot
+        ledger.complete_in(uow.session, "a", holder.token, {}, job="test-record", started_at=ledger.now())
+        uow.commit()
+    again = ledger.claim(new_run("b"), cap=1, lease_s=60, worker=B, max_attempts=3)
     assert again.outcome == "claimed" and again.attempt == 1
 
 
 def test_a_live_holder_makes_a_second_copy_wait_and_a_dead_one_is_taken_over(runtime: Runtime) -> None:
     start = datetime.now(UTC) - timedelta(minutes=5)
     at(runtime, start).record_dispatch(new_run())
-    first = at(runtime, start).claim(new_run(), lease_s=60, worker=A, max_attempts=3)
+    first = at(runtime, start).claim(new_run(), cap=1, lease_s=60, worker=A, max_attempts=3)
     assert (
         at(runtime, start + timedelta(seconds=30))
-        .claim(new_run(), lease_s=60, worker=B, max_attempts=3)
+        .claim(new_run(), cap=1, lease_s=60, worker=B, max_attempts=3)
         .outcome
         == "busy"
     )
-    taken = runtime.ledger.claim(new_run(), lease_s=60, worker=B, max_attempts=3)
+    taken = runtime.ledger.claim(new_run(), cap=1, lease_s=60, worker=B, max_attempts=3)
     assert taken.outcome == "claimed" and taken.token != first.token and taken.attempt == 2
     statuses = [(e.status, e.worker_host) for e in runtime.ledger.events("k")]
     assert statuses[-2:] == [("lost", "host-a"), ("running", "host-b")]
@@ -80,36 +87,22 @@ def test_a_live_holder_makes_a_second_copy_wait_and_a_dead_one_is_taken_over(run
 def test_a_run_that_keeps_killing_its_worker_ends_dead(runtime: Runtime, reaped_first: bool) -> None:
     long_ago = datetime.now(UTC) - timedelta(hours=1)
     at(runtime, long_ago).record_dispatch(new_run())
-    at(runtime, long_ago).claim(new_run(), lease_s=1, worker=A, max_attempts=1)
+    at(runtime, long_ago).claim(new_run(), cap=1, lease_s=1, worker=A, max_attempts=1)
     if reaped_first:
         assert runtime.ledger.reap() == 1
-    claim = runtime.ledger.claim(new_run(), lease_s=60, worker=B, max_attempts=1)
+    claim = runtime.ledger.claim(new_run(), cap=1, lease_s=60, worker=B, max_attempts=1)
     assert claim.outcome == "exhausted" and claim.run is not None and claim.run.status == RunStatus.DEAD
 
 
 def test_an_inline_run_lost_with_its_process_runs_again_on_the_next_trigger(runtime: Runtime) -> None:
     long_ago = datetime.now(UTC) - timedelta(hours=1)
     at(runtime, long_ago).record_dispatch(new_run(mode="inline"))
-    at(runtime, long_ago).claim(new_run(mode="inline"), lease_s=1, worker=A, max_attempts=1 << 30)
+    at(runtime, long_ago).claim(new_run(mode="inline"), cap=1, lease_s=1, worker=A, max_attempts=1 << 30)
     runtime.ledger.reap()
     run, duplicate = runtime.ledger.record_dispatch(new_run(mode="inline"))
     assert not duplicate and run.status == RunStatus.QUEUED
     queued_lost = new_run("q")
     at(runtime, long_ago).record_dispatch(queued_lost)
-    at(runtime, long_ago).claim(queued_lost, lease_s=1, worker=A, max_attempts=3)
+    at(runtime, long_ago).claim(queued_lost, cap=1, lease_s=1, worker=A, max_attempts=3)
     runtime.ledger.reap()
     assert runtime.ledger.record_dispatch(queued_lost)[1], "a queue run's message is redelivered instead"
-
-
-def test_slots_made_in_a_transaction_that_rolled_back_are_made_again(runtime: Runtime) -> None:
-    leases = SqlLeases(runtime.engine)
-    guard = runtime.ledger.begin()
-    assert leases.acquire(guard, "test-slots", cap=2, key="a", token="t1", lease_s=60)
-    db.end(guard, commit=False)  # the job's slot rows go with it
-    guard = runtime.ledger.begin()
-    assert not leases.acquire(guard, "test-slots", cap=2, key="a", token="t2", lease_s=60)
-    db.end(guard, commit=False)  # as the guards do: the message waits once
-    guard = runtime.ledger.begin()
-    assert leases.acquire(guard, "test-slots", cap=2, key="a", token="t3", lease_s=60)
-    db.end(guard, commit=True)
-    assert leases.held("test-slots") == 1
