@@ -140,8 +140,9 @@ def _floor(settings: Settings, engine: Any, job: str, *, threads: int, timeout_s
 
     A run must be claimed durably before its job starts (an uncommitted claim holds nothing
     against another host) and marked `succeeded` in the job's own transaction, so a guarded
-    message costs at least two commits. Here a plain actor commits one single-row update of a
-    run's row twice per message, on the same engine: a ceiling for any such design.
+    message costs at least two commits. Here a plain actor runs one single-row update of a run's
+    row twice per message, each a statement in autocommit (one round trip, no BEGIN or COMMIT of
+    its own), on the same engine: a ceiling for any such design.
     """
     from sqlalchemy import bindparam, func, select, update
 
@@ -151,9 +152,11 @@ def _floor(settings: Settings, engine: Any, job: str, *, threads: int, timeout_s
         keys = list(conn.scalars(select(Run.dispatch_key).where(Run.job == job)))
     touch = update(Run).where(Run.dispatch_key == bindparam("k")).values(updated_at=func.now())
 
+    autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+
     def commit_twice(key: str) -> None:
         for _ in range(2):
-            with engine.begin() as conn:
+            with autocommit.connect() as conn:
                 conn.execute(touch, {"k": key})
 
     return _bare(settings.broker_url, "floor", commit_twice, keys, threads=threads, timeout_s=timeout_s)
@@ -167,8 +170,8 @@ def _floor(settings: Settings, engine: Any, job: str, *, threads: int, timeout_s
 def pipeline(messages: int, threads: int, cap: int, timeout_s: float) -> None:
     """Drain N no-op messages through bare Dramatiq and through a fully guarded offload actor.
 
-    A third drain, the floor, is bare Dramatiq committing two single-row updates per message: the
-    least store work the guards' promises allow. All run on the configured RabbitMQ; the guarded
+    A third drain, the floor, is bare Dramatiq committing two single-row updates per message, one
+    statement each: the least store work the guards' promises allow. All run on the configured RabbitMQ; the guarded
     side and the floor use the configured database (OFFLOAD_DATABASE_URL: point it at PostgreSQL
     for the production figure).
     """

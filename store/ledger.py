@@ -51,12 +51,45 @@ _EVENT_COLUMNS = (_runs.c.id, _runs.c.status, _runs.c.attempt, _runs.c.worker_ho
 
 # The hot path's statements, built once: building and caching them per call cost more CPU than running them.
 # INSERT ... ON CONFLICT (dispatch_key) DO NOTHING RETURNING id: a known key raises no error that
-# would abort a caller's transaction.
-_INSERT_RUN = {
-    name: insert_on(_runs).on_conflict_do_nothing(index_elements=["dispatch_key"]).returning(_runs.c.id)
-    for name, insert_on in (("postgresql", postgresql.insert), ("sqlite", sqlite.insert))
-}
+# would abort a caller's transaction. On PostgreSQL the insert is a CTE of the history row's insert.
+_INSERT_RUN_SQLITE = (
+    sqlite.insert(_runs).on_conflict_do_nothing(index_elements=["dispatch_key"]).returning(_runs.c.id)
+)
 _INSERT_EVENT = insert(_events)
+#: The columns a fresh ledger row is written with (`_new_row`).
+_NEW_ROW_COLUMNS = (
+    "job",
+    "dispatch_key",
+    "message_id",
+    "correlation_id",
+    "trigger",
+    "mode",
+    "status",
+    "slot",
+    "params",
+    "attempt",
+    "duplicates",
+    "deferrals",
+    "queued_at",
+    "updated_at",
+    "replay_of",
+)
+# On PostgreSQL a new run and its first history row are one statement.
+_new_run_pg = (
+    postgresql.insert(_runs)
+    .values({name: bindparam(f"v_{name}") for name in _NEW_ROW_COLUMNS})
+    .on_conflict_do_nothing(index_elements=["dispatch_key"])
+    .returning(_runs.c.id, _runs.c.status, _runs.c.attempt)
+    .cte("new_run")
+)
+_RECORD_PG = (
+    insert(_events)
+    .from_select(
+        ["run_id", "at", "status", "attempt"],
+        select(_new_run_pg.c.id, bindparam("v_updated_at"), _new_run_pg.c.status, _new_run_pg.c.attempt),
+    )
+    .returning(_events.c.run_id)
+)
 _CLAIM = (
     update(_runs)
     # `lost` takes the slow path, where a run that keeps killing its worker is declared dead.
@@ -262,10 +295,14 @@ class SqlLedger:
     def _record_dispatch(self, conn: Connection, new: NewRun) -> tuple[RunView, bool]:
         now = self._clock()
         values = _new_row(new, now)
-        run_id = conn.execute(_INSERT_RUN[conn.dialect.name], values).scalar_one_or_none()
+        if self._pg:
+            run_id = conn.execute(_RECORD_PG, {f"v_{k}": v for k, v in values.items()}).scalar_one_or_none()
+        else:
+            run_id = conn.execute(_INSERT_RUN_SQLITE, values).scalar_one_or_none()
         if run_id is not None:  # the common case: a key never seen
             run = RunView(**{**_UNSET, **values, "id": run_id})
-            conn.execute(_INSERT_EVENT, _event_row(run, now))
+            if not self._pg:
+                conn.execute(_INSERT_EVENT, _event_row(run, now))
             return run, False
         with Session(bind=conn, expire_on_commit=False) as s:  # joins conn's transaction
             row = _lock(s, new.dispatch_key)
