@@ -171,9 +171,9 @@ def pipeline(messages: int, threads: int, cap: int, timeout_s: float) -> None:
     """Drain N no-op messages through bare Dramatiq and through a fully guarded offload actor.
 
     A third drain, the floor, is bare Dramatiq committing two single-row updates per message, one
-    statement each: the least store work the guards' promises allow. All run on the configured RabbitMQ; the guarded
-    side and the floor use the configured database (OFFLOAD_DATABASE_URL: point it at PostgreSQL
-    for the production figure).
+    statement each: the least store work the guards' promises allow. All run on the configured
+    RabbitMQ; the guarded side and the floor use the configured database (OFFLOAD_DATABASE_URL:
+    point it at PostgreSQL for the production figure).
     """
     import logging
 
