@@ -7,6 +7,7 @@ import socket
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 from store.ledger import NewRun, Worker
@@ -56,7 +57,13 @@ def option(broker: Any, message: Any, name: str, default: Any) -> Any:
 
 
 def this_worker() -> Worker:
-    return Worker(host=socket.gethostname(), pid=os.getpid())
+    """This process's host and pid (a forked child has its own)."""
+    return _worker_of(os.getpid())
+
+
+@cache
+def _worker_of(pid: int) -> Worker:
+    return Worker(host=socket.gethostname(), pid=pid)
 
 
 def new_run(broker: Any, message: Any) -> NewRun:

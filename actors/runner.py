@@ -74,7 +74,8 @@ class JobRunner:
         started_at = self.ledger.now()
         with self.uow() as uow:
             result = spec.run(JobContext(key=key, uow=uow, params=params, now=self.clock(), ports=self.ports))
-            self.ledger.complete_in(uow.session, key, token, result, job=spec.name, started_at=started_at)
+            session = uow.session if uow.begun else None
+            self.ledger.complete_in(session, key, token, result, job=spec.name, started_at=started_at)
             uow.commit()
         logger.info("Run %r succeeded: %s", key, dict(result))
         return result

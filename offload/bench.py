@@ -142,22 +142,27 @@ def _floor(settings: Settings, engine: Any, job: str, *, threads: int, timeout_s
     against another host) and marked `succeeded` in the job's own transaction, so a guarded
     message costs at least two commits. Here a plain actor runs one single-row update of a run's
     row twice per message, each a statement in autocommit (one round trip, no BEGIN or COMMIT of
-    its own), on the same engine: a ceiling for any such design.
+    its own), on the same engine and, on PostgreSQL, through the same executor as the guards'
+    hot statements: a ceiling for any such design.
     """
     from sqlalchemy import bindparam, func, select, update
 
+    from store.db import run_one
     from store.models import Run
 
     with engine.connect() as conn:
         keys = list(conn.scalars(select(Run.dispatch_key).where(Run.job == job)))
     touch = update(Run).where(Run.dispatch_key == bindparam("k")).values(updated_at=func.now())
-
     autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+    pg_touch = "UPDATE background_function_runs SET updated_at = now() WHERE dispatch_key = %(k)s RETURNING 1"
 
     def commit_twice(key: str) -> None:
         for _ in range(2):
-            with autocommit.connect() as conn:
-                conn.execute(touch, {"k": key})
+            if engine.dialect.name == "postgresql":  # as the guards' own hot statements run
+                run_one(engine, pg_touch, {"k": key})
+            else:
+                with autocommit.connect() as conn:
+                    conn.execute(touch, {"k": key})
 
     return _bare(settings.broker_url, "floor", commit_twice, keys, threads=threads, timeout_s=timeout_s)
 

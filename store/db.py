@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Engine, create_engine, event, exc
@@ -91,6 +92,41 @@ def end(conn: Connection, *, commit: bool) -> None:
                 conn.rollback()
     finally:
         conn.close()
+
+
+def run_one(engine: Engine, sql: str, params: dict[str, Any]) -> tuple[Any, ...]:
+    """Run one PostgreSQL statement in autocommit on a pooled connection, and return its one row.
+
+    For the guards' hot path: it hands the statement to psycopg (prepared on each connection)
+    without SQLAlchemy's execution machinery, which costs more CPU than the round trip itself. A
+    connection that failed anything is dropped from the pool rather than trusted again.
+    """
+    try:
+        with translate_errors():
+            pooled = engine.raw_connection()  # raises the driver's own errors when it must connect
+    except psycopg.Error as e:
+        raise _driver_error(e) from e
+    try:
+        driver = pooled.driver_connection
+        assert isinstance(driver, psycopg.Connection), "run_one is for PostgreSQL"
+        driver.autocommit = True
+        row = driver.execute(sql, params, prepare=True).fetchone()
+        driver.autocommit = False
+    except BaseException as e:
+        pooled.invalidate(e)
+        if isinstance(e, psycopg.Error):
+            raise _driver_error(e) from e
+        raise
+    finally:
+        pooled.close()
+    assert row is not None, "a statement that returns one row"
+    return tuple(row)
+
+
+def _driver_error(e: psycopg.Error) -> StoreError:
+    if isinstance(e, psycopg.OperationalError):
+        return StoreUnavailable(_first_line(e))
+    return StoreError(_first_line(e))
 
 
 def make_sessions(engine: Engine) -> sessionmaker[Session]:

@@ -27,7 +27,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from domain.runs import CLAIMABLE, FINAL, REOPENABLE, RunStatus
-from store.db import make_sessions, translate_errors
+from store.db import make_sessions, run_one, translate_errors
 from store.errors import LeaseLost
 from store.leases import PG_RELEASE_SLOT, PG_TAKE_SLOT, SqlLeases, holder, slot_params
 from store.models import Run, RunEvent
@@ -276,7 +276,6 @@ class SqlLedger:
         self._sessions = make_sessions(engine)
         self._clock = clock
         self._pg = engine.dialect.name == "postgresql"
-        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         self.leases = SqlLeases(engine, clock=clock)
 
     # -- dispatch side -------------------------------------------------------------------------
@@ -343,8 +342,7 @@ class SqlLedger:
         with translate_errors():
             self.leases.ensure(new.job, cap)
             if self._pg:  # the common case in one statement; the rest below
-                with self._autocommit.connect() as conn:
-                    claimable, attempt = conn.exec_driver_sql(_PG_CLAIM, params).one()
+                claimable, attempt = run_one(self._engine, _PG_CLAIM, params)
                 if attempt is not None:
                     return Claim("claimed", attempt, token)
                 if claimable:
@@ -446,7 +444,7 @@ class SqlLedger:
 
     def complete_in(
         self,
-        session: Session,
+        session: Session | None,
         key: str,
         token: str,
         result: Mapping[str, Any],
@@ -454,11 +452,11 @@ class SqlLedger:
         job: str,
         started_at: datetime,
     ) -> None:
-        """Mark the attempt succeeded and free its slot in the caller's transaction, with the job's effects.
+        """Mark the attempt succeeded and free its slot in `session`'s transaction, with the job's effects.
 
         `started_at` is when the job's body began (after its slot was taken), so the run's timings
-        show the job itself; the claim's time stays in the run's history. A job that wrote nothing
-        (its session never began) has no effects to commit with: its mark commits alone.
+        show the job itself; the claim's time stays in the run's history. Without a session (the
+        job read and wrote nothing) the mark commits alone.
         Raises LeaseLost when another attempt took the run over: the caller must roll back.
         """
         now = self._clock()
@@ -474,20 +472,25 @@ class SqlLedger:
         with translate_errors():
             if self._pg:
                 params["p_result"] = json.dumps(params["p_result"])
-                if session.in_transaction():
-                    done = session.connection().exec_driver_sql(_PG_COMPLETE, params).scalar_one()
+                if session is None:
+                    (done,) = run_one(self._engine, _PG_COMPLETE, params)
                 else:
-                    with self._autocommit.connect() as conn:
-                        done = conn.exec_driver_sql(_PG_COMPLETE, params).scalar_one()
+                    done = session.connection().exec_driver_sql(_PG_COMPLETE, params).scalar_one()
+            elif session is None:
+                with self._engine.connect() as conn, conn.begin():
+                    done = self._complete(conn, params)
             else:
-                conn = session.connection()
-                row = conn.execute(_COMPLETE, params).one_or_none()
-                if row is not None:
-                    conn.execute(_INSERT_EVENT, _event_row(row, now))
-                    self.leases.release(job, key=key, token=token, conn=conn)
-                done = row is not None
+                done = self._complete(session.connection(), params)
             if not done:
                 raise LeaseLost(key)
+
+    def _complete(self, conn: Connection, params: dict[str, Any]) -> bool:
+        row = conn.execute(_COMPLETE, params).one_or_none()
+        if row is None:
+            return False
+        conn.execute(_INSERT_EVENT, _event_row(row, params["p_now"]))
+        self.leases.release(params["p_job"], key=params["p_key"], token=params["p_token"], conn=conn)
+        return True
 
     def reap(self, *, limit: int = 500) -> int:
         """Mark `running` rows whose lease expired as `lost`; their messages are redelivered by RabbitMQ."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime, timedelta
+from functools import cached_property
 from types import TracebackType
 from typing import Any
 
@@ -84,36 +85,85 @@ class SqlBackgroundJobs:
 
 
 class SqlUnitOfWork:
-    """Use as a context manager; leaving it without `commit` rolls back. Store errors become StoreError."""
+    """Use as a context manager; leaving it without `commit` rolls back. Store errors become StoreError.
+
+    The session and the repositories are made on first use: a job that finds nothing to do costs
+    no session (`begun` says whether anything was read or written).
+    """
 
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self._sessions = sessions
+        self._session: Session | None = None
 
     def __enter__(self) -> SqlUnitOfWork:
-        self.session = self._sessions()
-        self.background_jobs = SqlBackgroundJobs(self.session)
-        self.webhook_events = SqlWebhookEvents(self.session)
-        self.clients = SqlClients(self.session)
-        self.leads = SqlLeads(self.session)
-        self.messages = SqlMessages(self.session)
-        self.response_timings = SqlResponseTimings(self.session)
-        self.followups = SqlFollowups(self.session)
-        self.availability = SqlAvailability(self.session)
-        self.appointments = SqlAppointments(self.session)
-        self.slot_pushes = SqlSlotPushes(self.session)
         return self
 
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        if self._session is None:
+            return
         try:
-            self.session.rollback()
+            self._session.rollback()
         finally:
-            self.session.close()
+            self._session.close()
+
+    @property
+    def session(self) -> Session:
+        if self._session is None:
+            self._session = self._sessions()
+        return self._session
+
+    @property
+    def begun(self) -> bool:
+        """Whether this unit of work has a transaction: something was read or written."""
+        return self._session is not None and self._session.in_transaction()
 
     def commit(self) -> None:
-        with translate_errors():
-            self.session.commit()
+        if self._session is not None:
+            with translate_errors():
+                self._session.commit()
 
     def rollback(self) -> None:
-        self.session.rollback()
+        if self._session is not None:
+            self._session.rollback()
+
+    @cached_property
+    def background_jobs(self) -> SqlBackgroundJobs:
+        return SqlBackgroundJobs(self.session)
+
+    @cached_property
+    def webhook_events(self) -> SqlWebhookEvents:
+        return SqlWebhookEvents(self.session)
+
+    @cached_property
+    def clients(self) -> SqlClients:
+        return SqlClients(self.session)
+
+    @cached_property
+    def leads(self) -> SqlLeads:
+        return SqlLeads(self.session)
+
+    @cached_property
+    def messages(self) -> SqlMessages:
+        return SqlMessages(self.session)
+
+    @cached_property
+    def response_timings(self) -> SqlResponseTimings:
+        return SqlResponseTimings(self.session)
+
+    @cached_property
+    def followups(self) -> SqlFollowups:
+        return SqlFollowups(self.session)
+
+    @cached_property
+    def availability(self) -> SqlAvailability:
+        return SqlAvailability(self.session)
+
+    @cached_property
+    def appointments(self) -> SqlAppointments:
+        return SqlAppointments(self.session)
+
+    @cached_property
+    def slot_pushes(self) -> SqlSlotPushes:
+        return SqlSlotPushes(self.session)

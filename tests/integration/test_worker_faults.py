@@ -147,6 +147,40 @@ def test_dispatch_with_postgresql_down_raises_store_unavailable(postgres: Postgr
         proxy.close()
 
 
+def test_a_claim_with_postgresql_away_is_store_unavailable_and_recovers(
+    postgres: Postgres, rabbit: Rabbit
+) -> None:
+    """The one-statement claim bypasses SQLAlchemy's execution: its driver errors must still translate."""
+    from sqlalchemy.engine import make_url
+
+    from store.errors import StoreUnavailable
+    from store.ledger import Worker
+
+    url = make_url(postgres.url)
+    proxy = Proxy(url.host or "127.0.0.1", url.port or 5432)
+    proxied = Settings(
+        database_url=url.set(host="127.0.0.1", port=proxy.port).render_as_string(False), broker_url=rabbit.url
+    )
+    rt = build(proxied, registry=TEST_REGISTRY, ports=TEST_PORTS)
+    try:
+        news = [rt.dispatcher.record("test-record", trigger="cli", params={"i": i})[0] for i in range(3)]
+
+        def claim(i: int) -> str:
+            return rt.ledger.claim(news[i], cap=8, lease_s=60, worker=Worker("h", 1), max_attempts=3).outcome
+
+        assert claim(0) == "claimed"  # the pool now holds a connection through the proxy
+        proxy.cut()
+        with pytest.raises(StoreUnavailable):
+            claim(1)  # on the pooled connection
+        with pytest.raises(StoreUnavailable):
+            claim(1)  # connecting anew
+        proxy.restore()
+        assert claim(1) == "claimed" and claim(2) == "claimed"
+    finally:
+        rt.close()
+        proxy.close()
+
+
 def test_permanent_error_is_dead_lettered_without_retries(
     runtime: Runtime, workers: Workers, rabbit: Rabbit
 ) -> None:
