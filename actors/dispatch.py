@@ -9,8 +9,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection
-
 from actors.runner import JobRunner
 from domain import keys
 from domain.registry import JobSpec, Registry
@@ -169,7 +167,7 @@ class Dispatcher:
         self.publish(run)
         return _answer(mode, run, duplicate=False)
 
-    def record(
+    def prepare(
         self,
         job: str,
         *,
@@ -180,14 +178,9 @@ class Dispatcher:
         key: str | None = None,
         mode: Mode = Mode.QUEUE,
         replay_of: int | None = None,
-        conn: Connection | None = None,
-    ) -> tuple[NewRun, RunView, bool]:
-        """The first half of `dispatch`: put the run on the ledger; returns (new, run, duplicate).
-
-        With `conn` the run is recorded in the caller's transaction, so it commits with the
-        caller's own rows; `publish` it once that has committed.
-        """
-        new = self.new_run(
+    ) -> NewRun:
+        """The run a dispatch of `job` stands for: its key, message id and correlation id."""
+        return self.new_run(
             self.registry[job],
             params=params or {},
             trigger=trigger,
@@ -197,7 +190,14 @@ class Dispatcher:
             key=key,
             replay_of=replay_of,
         )
-        run, duplicate = self.ledger.record_dispatch(new, conn=conn)
+
+    def record(self, job: str, **how: Any) -> tuple[NewRun, RunView, bool]:
+        """The first half of `dispatch`: put the run `prepare` describes on the ledger.
+
+        Returns (new, run, duplicate); `publish` the run to start it.
+        """
+        new = self.prepare(job, **how)
+        run, duplicate = self.ledger.record_dispatch(new)
         return new, run, duplicate
 
     def replay(self, key: str, *, correlation_id: str | None = None) -> Dispatch:

@@ -16,9 +16,9 @@ from domain.webhook_drain import EventStatus
 from domain.webhooks import KNOWN_TYPES, EmailWebhook
 from store.db import translate_errors
 from store.errors import StoreError
-from store.ledger import utcnow
+from store.ledger import NewRun, utcnow
 from store.uow import SqlUnitOfWork
-from store.webhook_events import NewWebhookEvent
+from store.webhook_events import NewWebhookEvent, SqlWebhookIntake
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +42,7 @@ class WebhookIntake:
     """Queue-first intake: the event row is committed before the answer; the drain runs later.
 
     Parameters:
+      store: stores an event with its drain's run.
       uow: makes a unit of work over the store.
       dispatcher: publishes the drain (dispatch key `webhook-drain:<event id>`).
       provider: the `provider` column of the stored events.
@@ -54,6 +55,7 @@ class WebhookIntake:
     def __init__(
         self,
         *,
+        store: SqlWebhookIntake,
         uow: Callable[[], SqlUnitOfWork],
         dispatcher: Dispatcher,
         provider: str = "email",
@@ -61,6 +63,7 @@ class WebhookIntake:
         publish_pause_s: float = 5.0,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
+        self.store = store
         self.uow = uow
         self.dispatcher = dispatcher
         self.provider = provider
@@ -75,8 +78,8 @@ class WebhookIntake:
     ) -> Accepted:
         """Store `event`; raises StoreError when it could not be stored (the sender must retry).
 
-        A queued event's row and its drain's ledger row commit in one transaction; the drain's
-        message is published after that commit.
+        A queued event's row and its drain's ledger row commit together (`SqlWebhookIntake`); the
+        drain's message is published after that commit.
         """
         known = event.event.type in KNOWN_TYPES
         inline = event.event.type in self.inline_types or self.dispatcher.is_inline(webhook_drain.DRAIN_JOB)
@@ -97,15 +100,12 @@ class WebhookIntake:
             received_at=now,
             queued_at=now if queue or (known and inline) else None,
         )
-        with translate_errors(), self.uow() as uow:
-            event_id, duplicate = uow.webhook_events.add(new)
-            drain = None
-            if queue and not duplicate:
-                args = _drain_args(event_id, correlation_id)
-                _, drain, _ = self.dispatcher.record(
-                    webhook_drain.DRAIN_JOB, **args, conn=uow.session.connection()
-                )
-            uow.commit()
+
+        def drain_of(event_id: int) -> NewRun:
+            return self.dispatcher.prepare(webhook_drain.DRAIN_JOB, **_drain_args(event_id, correlation_id))
+
+        stored = self.store.store(new, drain=drain_of if queue else None)
+        event_id, duplicate, drain = stored.id, stored.duplicate, stored.drain
         if duplicate:
             logger.info("Duplicate webhook event %r (stored as %r)", event.event.id, event_id)
             return Accepted(event_id, duplicate=True)

@@ -246,6 +246,7 @@ def submit_events(
     Returns how the events ended (processed, duplicate, ...), or None if the drain did not finish.
     """
     intake = WebhookIntake(
+        store=runtime.webhook_store,
         uow=runtime.uow,
         dispatcher=runtime.dispatcher,
         inline_types=frozenset(KNOWN_TYPES) if inline else frozenset(),

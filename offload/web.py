@@ -35,7 +35,10 @@ def make_app(runtime: Any) -> Any:
     return create_app(
         dispatcher=runtime.dispatcher,
         intake=WebhookIntake(
-            uow=runtime.uow, dispatcher=runtime.dispatcher, inline_types=settings.webhook_inline_types
+            store=runtime.webhook_store,
+            uow=runtime.uow,
+            dispatcher=runtime.dispatcher,
+            inline_types=settings.webhook_inline_types,
         ),
         cron_auth=CronAuth(secret=secret(settings.cron_secret)),
         webhook_auth=WebhookAuth(

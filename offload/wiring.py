@@ -23,6 +23,7 @@ from store.leases import SqlLeases
 from store.ledger import SqlLedger
 from store.local_providers import LocalCalendar, LocalEmailSender, LocalLeadVariables
 from store.uow import SqlUnitOfWork
+from store.webhook_events import SqlWebhookIntake
 
 
 def default_ports() -> Ports:
@@ -67,6 +68,7 @@ class Runtime:
     ledger: SqlLedger
     leases: SqlLeases
     runner: JobRunner
+    webhook_store: SqlWebhookIntake
     broker: Any
     actors: dict[str, Any]
     dispatcher: Dispatcher
@@ -122,4 +124,16 @@ def build(settings: Settings, *, registry: Registry = JOBS, ports: Ports | None 
         runner.ports = replace(runner.ports, drain_queue=DispatchDrainQueue(dispatcher))
     if runner.ports.requeue is None:
         runner.ports = replace(runner.ports, requeue=dispatcher)
-    return Runtime(settings, registry, engine, sessions, ledger, leases, runner, broker, actors, dispatcher)
+    return Runtime(
+        settings,
+        registry,
+        engine,
+        sessions,
+        ledger,
+        leases,
+        runner,
+        SqlWebhookIntake(engine, ledger),
+        broker,
+        actors,
+        dispatcher,
+    )

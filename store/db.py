@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, create_engine, event, exc
+from sqlalchemy import Engine, create_engine, event, exc
 from sqlalchemy.orm import Session, sessionmaker
 
 from store.errors import StoreError, StoreUnavailable
@@ -68,30 +68,6 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
         max_overflow=pool_size,
         connect_args={"connect_timeout": 5},
     )
-
-
-def begin(engine: Engine) -> Connection:
-    """A connection in a new transaction that outlives one call: end it with `end`."""
-    with translate_errors():
-        conn = engine.connect()
-        try:
-            conn.begin()
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
-
-def end(conn: Connection, *, commit: bool) -> None:
-    """Commit or roll back the transaction `begin` opened, and give the connection back to the pool."""
-    try:
-        with translate_errors():
-            if commit:
-                conn.commit()
-            else:
-                conn.rollback()
-    finally:
-        conn.close()
 
 
 def run_one(engine: Engine, sql: str, params: dict[str, Any]) -> tuple[Any, ...]:

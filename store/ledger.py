@@ -51,12 +51,12 @@ _EVENT_COLUMNS = (_runs.c.id, _runs.c.status, _runs.c.attempt, _runs.c.worker_ho
 
 # The hot path's statements, built once: building and caching them per call cost more CPU than running them.
 # INSERT ... ON CONFLICT (dispatch_key) DO NOTHING RETURNING id: a known key raises no error that
-# would abort a caller's transaction. On PostgreSQL the insert is a CTE of the history row's insert.
+# would abort a caller's transaction. On PostgreSQL it is `_PG_RECORD`, with the history row.
 _INSERT_RUN_SQLITE = (
     sqlite.insert(_runs).on_conflict_do_nothing(index_elements=["dispatch_key"]).returning(_runs.c.id)
 )
 _INSERT_EVENT = insert(_events)
-#: The columns a fresh ledger row is written with (`_new_row`).
+#: The columns a fresh ledger row is written with (`_new_row`, `pg_record_after`).
 _NEW_ROW_COLUMNS = (
     "job",
     "dispatch_key",
@@ -73,22 +73,6 @@ _NEW_ROW_COLUMNS = (
     "queued_at",
     "updated_at",
     "replay_of",
-)
-# On PostgreSQL a new run and its first history row are one statement.
-_new_run_pg = (
-    postgresql.insert(_runs)
-    .values({name: bindparam(f"v_{name}") for name in _NEW_ROW_COLUMNS})
-    .on_conflict_do_nothing(index_elements=["dispatch_key"])
-    .returning(_runs.c.id, _runs.c.status, _runs.c.attempt)
-    .cte("new_run")
-)
-_RECORD_PG = (
-    insert(_events)
-    .from_select(
-        ["run_id", "at", "status", "attempt"],
-        select(_new_run_pg.c.id, bindparam("v_updated_at"), _new_run_pg.c.status, _new_run_pg.c.attempt),
-    )
-    .returning(_events.c.run_id)
 )
 _CLAIM = (
     update(_runs)
@@ -167,6 +151,43 @@ WITH done AS (
 ), {PG_RELEASE_SLOT}
 SELECT count(*) FROM done
 """
+
+
+def pg_record_after(source: str) -> str:
+    """The PostgreSQL CTEs `run` and `history`: a new run and its history row for each row of `source`.
+
+    For a caller that inserts its own row (the CTE `source`) and the run it starts in one statement;
+    the run's values are `record_params`. A key already on the ledger inserts nothing.
+    """
+    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+    values = ", ".join(
+        f"CAST(%(v_{name})s AS {_runs.c[name].type.compile(dialect=dialect)})" for name in _NEW_ROW_COLUMNS
+    )
+    return f"""run AS (
+    INSERT INTO background_function_runs ({", ".join(_NEW_ROW_COLUMNS)})
+    SELECT {values} FROM {source}
+    ON CONFLICT (dispatch_key) DO NOTHING
+    RETURNING id, status, attempt
+), history AS (
+    INSERT INTO background_function_run_events (run_id, at, status, attempt)
+    SELECT id, %(v_updated_at)s, status, attempt FROM run
+)"""
+
+
+#: A new run and its first history row, in one statement.
+_PG_RECORD = f"WITH one AS (SELECT), {pg_record_after('one')} SELECT (SELECT id FROM run)"
+
+
+def record_params(new: NewRun, now: datetime) -> dict[str, Any]:
+    """The parameters of `pg_record_after` for `new`, recorded at `now`."""
+    values = _new_row(new, now)
+    values["params"] = json.dumps(values["params"])
+    return {f"v_{name}": value for name, value in values.items()}
+
+
+def recorded(new: NewRun, now: datetime, run_id: int) -> RunView:
+    """The run `pg_record_after` inserted as `run_id`."""
+    return RunView(**{**_UNSET, **_new_row(new, now), "id": run_id})
 
 
 def utcnow() -> datetime:
@@ -295,11 +316,11 @@ class SqlLedger:
         now = self._clock()
         values = _new_row(new, now)
         if self._pg:
-            run_id = conn.execute(_RECORD_PG, {f"v_{k}": v for k, v in values.items()}).scalar_one_or_none()
+            run_id = conn.exec_driver_sql(_PG_RECORD, record_params(new, now)).scalar_one()
         else:
             run_id = conn.execute(_INSERT_RUN_SQLITE, values).scalar_one_or_none()
         if run_id is not None:  # the common case: a key never seen
-            run = RunView(**{**_UNSET, **values, "id": run_id})
+            run = recorded(new, now, run_id)
             if not self._pg:
                 conn.execute(_INSERT_EVENT, _event_row(run, now))
             return run, False
