@@ -6,12 +6,16 @@ import os
 import signal
 import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from offload.settings import Settings
 from offload.wiring import Runtime, build
+from store.errors import StoreUnavailable
+from store.ledger import Worker
 from tests.services import Postgres, Rabbit
 from tests.support.jobs import TEST_PORTS, TEST_REGISTRY
 from tests.support.procs import Workers, effects, wait_for
@@ -127,10 +131,10 @@ def test_database_outage_mid_run_runs_nothing_unguarded_and_loses_nothing(
     assert slow_run is not None and slow_run.attempt >= 2, "the outage should have cut the slow run short"
 
 
-def test_dispatch_with_postgresql_down_raises_store_unavailable(postgres: Postgres, rabbit: Rabbit) -> None:
+@contextmanager
+def behind_a_proxy(postgres: Postgres, rabbit: Rabbit) -> Iterator[tuple[Runtime, Proxy]]:
+    """A runtime whose PostgreSQL connections go through a proxy the test can cut."""
     from sqlalchemy.engine import make_url
-
-    from store.errors import StoreUnavailable
 
     url = make_url(postgres.url)
     proxy = Proxy(url.host or "127.0.0.1", url.port or 5432)
@@ -139,30 +143,24 @@ def test_dispatch_with_postgresql_down_raises_store_unavailable(postgres: Postgr
     )
     rt = build(proxied, registry=TEST_REGISTRY, ports=TEST_PORTS)
     try:
-        proxy.cut()
-        with pytest.raises(StoreUnavailable):
-            rt.dispatcher.dispatch("test-record", trigger="cli")
+        yield rt, proxy
     finally:
         rt.close()
         proxy.close()
+
+
+def test_dispatch_with_postgresql_down_raises_store_unavailable(postgres: Postgres, rabbit: Rabbit) -> None:
+    with behind_a_proxy(postgres, rabbit) as (rt, proxy):
+        proxy.cut()
+        with pytest.raises(StoreUnavailable):
+            rt.dispatcher.dispatch("test-record", trigger="cli")
 
 
 def test_a_claim_with_postgresql_away_is_store_unavailable_and_recovers(
     postgres: Postgres, rabbit: Rabbit
 ) -> None:
     """The one-statement claim bypasses SQLAlchemy's execution: its driver errors must still translate."""
-    from sqlalchemy.engine import make_url
-
-    from store.errors import StoreUnavailable
-    from store.ledger import Worker
-
-    url = make_url(postgres.url)
-    proxy = Proxy(url.host or "127.0.0.1", url.port or 5432)
-    proxied = Settings(
-        database_url=url.set(host="127.0.0.1", port=proxy.port).render_as_string(False), broker_url=rabbit.url
-    )
-    rt = build(proxied, registry=TEST_REGISTRY, ports=TEST_PORTS)
-    try:
+    with behind_a_proxy(postgres, rabbit) as (rt, proxy):
         news = [rt.dispatcher.record("test-record", trigger="cli", params={"i": i})[0] for i in range(3)]
 
         def claim(i: int) -> str:
@@ -176,9 +174,6 @@ def test_a_claim_with_postgresql_away_is_store_unavailable_and_recovers(
             claim(1)  # connecting anew
         proxy.restore()
         assert claim(1) == "claimed" and claim(2) == "claimed"
-    finally:
-        rt.close()
-        proxy.close()
 
 
 def test_permanent_error_is_dead_lettered_without_retries(
