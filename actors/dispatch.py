@@ -148,7 +148,7 @@ class Dispatcher:
         Raises UnknownJob, PublishFailed, and StoreError when the ledger cannot be written.
         """
         mode = Mode.INLINE if (self.is_inline(job) if inline is None else inline) else Mode.QUEUE
-        new, run, duplicate = self.record(
+        new = self.prepare(
             job,
             trigger=trigger,
             params=params,
@@ -158,6 +158,7 @@ class Dispatcher:
             mode=mode,
             replay_of=replay_of,
         )
+        run, duplicate = self.ledger.record_dispatch(new)
         if duplicate:
             logger.info("Duplicate dispatch of %r (run is %s)", new.dispatch_key, run.status)
             return _answer(mode, run, duplicate=True)
@@ -179,7 +180,7 @@ class Dispatcher:
         mode: Mode = Mode.QUEUE,
         replay_of: int | None = None,
     ) -> NewRun:
-        """The run a dispatch of `job` stands for: its key, message id and correlation id."""
+        """The run a dispatch of `job` stands for (its key, message id, correlation id), not yet recorded."""
         return self.new_run(
             self.registry[job],
             params=params or {},
@@ -190,15 +191,6 @@ class Dispatcher:
             key=key,
             replay_of=replay_of,
         )
-
-    def record(self, job: str, **how: Any) -> tuple[NewRun, RunView, bool]:
-        """The first half of `dispatch`: put the run `prepare` describes on the ledger.
-
-        Returns (new, run, duplicate); `publish` the run to start it.
-        """
-        new = self.prepare(job, **how)
-        run, duplicate = self.ledger.record_dispatch(new)
-        return new, run, duplicate
 
     def replay(self, key: str, *, correlation_id: str | None = None) -> Dispatch:
         """Dispatch a dead, failed or lost run again as a new run with `replay_of` lineage.

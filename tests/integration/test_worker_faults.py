@@ -161,7 +161,9 @@ def test_a_claim_with_postgresql_away_is_store_unavailable_and_recovers(
 ) -> None:
     """The one-statement claim bypasses SQLAlchemy's execution: its driver errors must still translate."""
     with behind_a_proxy(postgres, rabbit) as (rt, proxy):
-        news = [rt.dispatcher.record("test-record", trigger="cli", params={"i": i})[0] for i in range(3)]
+        news = [rt.dispatcher.prepare("test-record", trigger="cli", params={"i": i}) for i in range(3)]
+        for new in news:
+            rt.ledger.record_dispatch(new)
 
         def claim(i: int) -> str:
             return rt.ledger.claim(news[i], cap=8, lease_s=60, worker=Worker("h", 1), max_attempts=3).outcome
