@@ -6,6 +6,7 @@ import os
 import signal
 import sqlite3
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -161,7 +162,8 @@ def test_a_claim_with_postgresql_away_is_store_unavailable_and_recovers(
 ) -> None:
     """The one-statement claim bypasses SQLAlchemy's execution: its driver errors must still translate."""
     with behind_a_proxy(postgres, rabbit) as (rt, proxy):
-        news = [rt.dispatcher.prepare("test-record", trigger="cli", params={"i": i}) for i in range(3)]
+        run = uuid.uuid4().hex  # the database is the session's: keys of its own
+        news = [rt.dispatcher.prepare("test-record", trigger="cli", key=f"{run}:{i}") for i in range(3)]
         for new in news:
             rt.ledger.record_dispatch(new)
 
