@@ -71,7 +71,7 @@ def slot_params(job: str, *, cap: int, key: str, token: str, now: datetime, leas
         "p_job": job,
         "p_cap": cap,
         "p_now": now,
-        "p_holder": prefix + token,
+        "p_holder": holder(key, token),
         "p_prefix": prefix,
         "p_prefix_len": len(prefix),
         "p_expires_at": now + timedelta(seconds=lease_s),
@@ -108,10 +108,6 @@ class SqlLeases:
                 except IntegrityError:
                     pass  # another worker made it first
         self._slots_made.add((job, cap))
-
-    def forget(self, job: str, cap: int) -> None:
-        """Look for the slot rows again next time: all were found taken, so some may have gone."""
-        self._slots_made.discard((job, cap))
 
     def acquire(self, conn: Connection, params: dict[str, Any]) -> bool:
         """Take the slot `slot_params` describes in the caller's transaction; False if all are held."""

@@ -367,17 +367,13 @@ class SqlLedger:
                 if attempt is not None:
                     return Claim("claimed", attempt, token)
                 if claimable:
-                    return self._capped(new.job, cap)
+                    return Claim("capped", 0)
             with self._engine.connect() as conn, conn.begin() as tx:
                 claim = self._claim(conn, new, params, max_attempts=max_attempts, try_update=not self._pg)
                 if claim.outcome == "claimed" and not self.leases.acquire(conn, slot):
                     tx.rollback()
-                    return self._capped(new.job, cap)
+                    return Claim("capped", 0)
                 return claim
-
-    def _capped(self, job: str, cap: int) -> Claim:
-        self.leases.forget(job, cap)
-        return Claim("capped", 0)
 
     def _claim(
         self, conn: Connection, new: NewRun, params: dict[str, Any], *, max_attempts: int, try_update: bool
