@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from actors import log_ids
 from actors.runner import JobRunner
 from domain import keys
 from domain.registry import JobSpec, Registry
@@ -123,7 +124,8 @@ class Dispatcher:
             job=spec.name,
             dispatch_key=key,
             message_id=keys.message_id(key),
-            correlation_id=correlation_id or uuid.uuid4().hex,
+            # Unless given: the id of the request or message this thread serves, so a chain shares one.
+            correlation_id=correlation_id or log_ids.correlation_id.get() or uuid.uuid4().hex,
             trigger=trigger,
             mode=mode,
             slot=slot,

@@ -24,10 +24,15 @@ class DispatchDrainQueue:
         self.dispatcher = dispatcher
         self.trigger = trigger
 
-    def drain(self, event_id: int, *, key: str) -> bool:
+    def drain(self, event_id: int, *, key: str, correlation_id: str | None) -> bool:
         try:
             self.dispatcher.dispatch(
-                DRAIN_JOB, trigger=self.trigger, params={"event_id": event_id}, key=key, inline=False
+                DRAIN_JOB,
+                trigger=self.trigger,
+                params={"event_id": event_id},
+                key=key,
+                correlation_id=correlation_id,
+                inline=False,
             )
         except (DispatchError, StoreError) as e:
             logger.warning("Could not queue the drain of webhook event %r: %s", event_id, e)

@@ -11,7 +11,7 @@ from typing import Any
 
 from dramatiq.middleware import SkipMessage
 
-from actors import attempt
+from actors import attempt, log_ids
 from domain.context import JobContext
 from domain.ports import Ports
 from domain.registry import JobSpec
@@ -95,7 +95,18 @@ class JobRunner:
         state.holds_slot = False  # released with the `succeeded` mark
 
     def run_inline(self, spec: JobSpec, new: NewRun) -> InlineOutcome:
-        """Run in this process through the same claim, slot and ledger writes as a worker, in that order."""
+        """Run in this process through the same claim, slot and ledger writes as a worker, in that order.
+
+        While it runs, logs and the dispatches it makes carry its ids, as a worker's do (LogContext).
+        """
+        tokens = (log_ids.correlation_id.set(new.correlation_id), log_ids.message_id.set(new.message_id))
+        try:
+            return self._run_inline(spec, new)
+        finally:
+            log_ids.correlation_id.reset(tokens[0])
+            log_ids.message_id.reset(tokens[1])
+
+    def _run_inline(self, spec: JobSpec, new: NewRun) -> InlineOutcome:
         lease_s = self.lease_s(spec)
         key = new.dispatch_key
         deadline = time.monotonic() + min(INLINE_MAX_WAIT_S, spec.max_wait_ms / 1000)

@@ -69,6 +69,8 @@ class StoredWebhookEvent:
     received_at: datetime
     queued_at: datetime | None
     processed_at: datetime | None
+    #: The correlation id of the request that delivered it (its drains carry it on).
+    correlation_id: str | None
 
 
 class WebhookEvents(Protocol):
@@ -108,7 +110,7 @@ class WebhookEvents(Protocol):
 class DrainQueue(Protocol):
     """Queues the drain of one stored webhook event (the composition root binds it to the dispatcher)."""
 
-    def drain(self, event_id: int, *, key: str) -> bool:
+    def drain(self, event_id: int, *, key: str, correlation_id: str | None) -> bool:
         """Publish a drain of `event_id` under dispatch key `key`; False when it could not be published."""
 
 

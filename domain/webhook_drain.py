@@ -122,7 +122,9 @@ def sweep(ctx: JobContext) -> Mapping[str, Any]:
     publish_failed = False
     for event in due:
         # Publish first, then record: a crash in between re-publishes under the same key, a duplicate.
-        if not queue.drain(event.id, key=drain_key(event.id, via=ctx.key)):
+        if not queue.drain(
+            event.id, key=drain_key(event.id, via=ctx.key), correlation_id=event.correlation_id
+        ):
             publish_failed = True
             break
         uow.webhook_events.mark_queued(event.id, at=ctx.now)

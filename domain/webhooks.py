@@ -10,6 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 #: Event types that have a handler; any other type is stored and marked ignored.
 KNOWN_TYPES = ("EMAIL_SENT", "LEAD_REPLIED", "EMAIL_BOUNCED", "LEAD_UNSUBSCRIBED")
+#: The stored header that names the correlation id of the request that delivered an event.
+CORRELATION_HEADER = "x-correlation-id"
 _NEEDS_MESSAGE = ("EMAIL_SENT", "LEAD_REPLIED")
 
 

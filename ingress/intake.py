@@ -13,7 +13,7 @@ from actors.dispatch import Dispatcher, DispatchError
 from domain import webhook_drain
 from domain.runs import Trigger
 from domain.webhook_drain import EventStatus
-from domain.webhooks import KNOWN_TYPES, EmailWebhook
+from domain.webhooks import CORRELATION_HEADER, KNOWN_TYPES, EmailWebhook
 from store.db import translate_errors
 from store.errors import StoreError
 from store.ledger import NewRun, utcnow
@@ -23,7 +23,7 @@ from store.webhook_events import NewWebhookEvent, SqlWebhookIntake
 logger = logging.getLogger(__name__)
 
 #: Request headers kept with the event (never the signature or a secret).
-KEPT_HEADERS = ("webhook-id", "webhook-timestamp", "content-type", "user-agent", "x-correlation-id")
+KEPT_HEADERS = ("webhook-id", "webhook-timestamp", "content-type", "user-agent", CORRELATION_HEADER)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from typing import Any
 import falcon
 from pydantic import ValidationError
 
-from domain.webhooks import EmailWebhook
+from domain.webhooks import CORRELATION_HEADER, EmailWebhook
 from ingress.auth import WebhookAuth
 from ingress.errors import InvalidPayload, MalformedJson
 from ingress.hooks import read_capped_body, verify_sender
@@ -34,7 +34,7 @@ class EmailWebhooks:
         raw: bytes = req.context.body
         event = parse(raw)
         headers = {name: value for name in KEPT_HEADERS if (value := req.get_header(name)) is not None}
-        headers["x-correlation-id"] = req.context.correlation_id
+        headers[CORRELATION_HEADER] = req.context.correlation_id
         accepted = self.intake.accept(
             event, body=raw.decode(), headers=headers, correlation_id=req.context.correlation_id
         )

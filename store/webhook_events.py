@@ -13,6 +13,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from domain.ports import StoredWebhookEvent
+from domain.webhooks import CORRELATION_HEADER
 from store.db import make_sessions, run_one, translate_errors
 from store.ledger import NewRun, RunView, SqlLedger, pg_record_after, record_params, recorded
 from store.models import OutcomeText, WebhookEvent
@@ -225,4 +226,5 @@ def _event_params(new: NewWebhookEvent) -> dict[str, Any]:
 
 
 def _view(row: WebhookEvent) -> StoredWebhookEvent:
-    return StoredWebhookEvent(**{f.name: getattr(row, f.name) for f in fields(StoredWebhookEvent)})
+    columns = {f.name: getattr(row, f.name) for f in fields(StoredWebhookEvent) if f.name != "correlation_id"}
+    return StoredWebhookEvent(**columns, correlation_id=(row.headers or {}).get(CORRELATION_HEADER))

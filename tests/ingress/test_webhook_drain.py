@@ -6,16 +6,19 @@ from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
+import dramatiq
 import pytest
 
 from domain import webhook_drain
 from domain.ports import Ports
 from domain.webhook_drain import DRAIN_MAX_ATTEMPTS, drain_key
+from domain.webhooks import CORRELATION_HEADER
 from offload.settings import Settings
 from offload.wiring import Runtime, build
 from store.webhook_events import NewWebhookEvent
 from tests.ingress.conftest import effects_of, stored_events
 from tests.support.jobs import TEST_REGISTRY
+from tests.support.procs import wait_for
 from tests.support.webhooks import RECORDING_PORTS, encode, payload
 
 
@@ -28,6 +31,7 @@ def store(
     age_s: float = 0,
     queued_age_s: float | None = 0,
     status: str = "pending",
+    headers: dict[str, str] | None = None,
 ) -> int:
     now = datetime.now(UTC)  # ages are relative to the moment of storing, as the sweeper sees them
     received = now - timedelta(seconds=age_s)
@@ -36,7 +40,7 @@ def store(
         provider_event_id=event_id,
         event_type=type,
         lead_ref=email.lower(),
-        headers={},
+        headers=headers or {},
         body=encode(payload(event_id, type=type, email=email)).decode(),
         status=status,
         status_reason=None,
@@ -178,7 +182,7 @@ class Recorder:
         self.keys: list[str] = []
         self.fail_after = fail_after
 
-    def drain(self, event_id: int, *, key: str) -> bool:
+    def drain(self, event_id: int, *, key: str, correlation_id: str | None) -> bool:
         if self.fail_after is not None and len(self.keys) >= self.fail_after:
             return False
         self.keys.append(key)
@@ -242,6 +246,38 @@ def test_the_sweeper_goes_through_the_dispatcher_by_default(runtime: Runtime) ->
     assert run.status == "queued" and run.params == {"event_id": row}
 
 
+def test_a_redriven_drain_carries_the_correlation_id_of_the_request_that_delivered_the_event(
+    runtime: Runtime,
+) -> None:
+    delivered = store(
+        runtime, "e1", age_s=120, queued_age_s=None, headers={CORRELATION_HEADER: "cid-of-post"}
+    )
+    unknown = store(runtime, "e2", age_s=120, queued_age_s=None)  # stored without one
+    swept = runtime.dispatcher.dispatch("webhook-sweeper", trigger="cli", params={}, inline=True)
+    assert swept.result is not None and swept.result["requeued"] == 2
+    drains = {r.params["event_id"]: r for r in runtime.ledger.runs(job="webhook-drain")}
+    assert drains[delivered].correlation_id == "cid-of-post"
+    # Otherwise the sweeper's own id: a run's dispatches carry the id of the run that made them.
+    assert drains[unknown].correlation_id == swept.correlation_id
+    assert swept.correlation_id != "cid-of-post"
+
+
 def test_drain_keys_name_the_event() -> None:
     assert webhook_drain.drain_key(7) == "webhook-drain:7"
     assert webhook_drain.drain_key(7, via="x") == "webhook-drain:7:x"
+
+
+def test_a_sweep_run_by_a_worker_passes_its_correlation_id_on(runtime: Runtime) -> None:
+    row = store(runtime, "e1", age_s=120, queued_age_s=None)
+    swept = runtime.dispatcher.dispatch("webhook-sweeper", trigger="cli", correlation_id="cid-of-sweep")
+    queue = runtime.registry["webhook-sweeper"].queue
+    worker = dramatiq.Worker(runtime.broker, queues={queue}, worker_threads=1)
+    worker.start()
+    try:
+        wait_for(lambda: runtime.ledger.runs(job="webhook-drain"), what="the drain the sweep queues")
+    finally:
+        worker.stop()
+        runtime.broker.flush(queue)
+    [drain_run] = runtime.ledger.runs(job="webhook-drain")
+    assert drain_run.params == {"event_id": row} and drain_run.correlation_id == "cid-of-sweep"
+    assert swept.correlation_id == "cid-of-sweep"
