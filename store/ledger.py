@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -117,6 +118,8 @@ _COMPLETE = (
 # On PostgreSQL the claim (run, slot and history row) and the completion (mark, history row and
 # slot) are one statement each: a round trip is most of what a guarded message costs, and one
 # statement is one atomic transaction, so a claim needs no BEGIN and COMMIT of its own.
+#: How long a claim that found every slot held waits before it looks once more (PostgreSQL only).
+_PG_RECHECK_S = 0.002
 _CLAIMABLE_SQL = ", ".join(f"'{s.value}'" for s in sorted(CLAIMABLE - {RunStatus.LOST}))
 _PG_CLAIM = f"""
 WITH run AS MATERIALIZED (
@@ -364,6 +367,10 @@ class SqlLedger:
             self.leases.ensure(new.job, cap)
             if self._pg:  # the common case in one statement; the rest below
                 claimable, attempt = run_one(self._engine, _PG_CLAIM, params)
+                if claimable and attempt is None:
+                    # SKIP LOCKED passes over a slot whose release is still committing: look again.
+                    time.sleep(_PG_RECHECK_S)
+                    claimable, attempt = run_one(self._engine, _PG_CLAIM, params)
                 if attempt is not None:
                     return Claim("claimed", attempt, token)
                 if claimable:

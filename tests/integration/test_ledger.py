@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import text
 
 from domain.runs import RunStatus
 from offload.wiring import Runtime
+from store import ledger as ledger_module
 from store.ledger import NewRun, SqlLedger, Worker
 
 A, B = Worker("host-a", 1), Worker("host-b", 2)
@@ -65,6 +68,27 @@ def test_a_claim_that_finds_every_slot_held_writes_nothing(runtime: Runtime) -> 
         uow.commit()
     again = ledger.claim(new_run("b"), cap=1, lease_s=60, worker=B, max_attempts=3)
     assert again.outcome == "claimed" and again.attempt == 1
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_claim_looks_again_at_a_slot_whose_release_is_still_committing(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ledger_module, "_PG_RECHECK_S", 0.5)
+    ledger = runtime.ledger
+    for key in ("a", "b"):
+        ledger.record_dispatch(new_run(key))
+    assert ledger.claim(new_run("a"), cap=1, lease_s=60, worker=A, max_attempts=3).outcome == "claimed"
+    with runtime.engine.connect() as conn:
+        release = conn.begin()  # a release that commits late keeps the slot row locked until then
+        conn.execute(text("UPDATE concurrency_leases SET holder = NULL WHERE job = 'test-record'"))
+        committer = threading.Timer(0.2, release.commit)
+        committer.start()
+        try:
+            claim = ledger.claim(new_run("b"), cap=1, lease_s=60, worker=B, max_attempts=3)
+        finally:
+            committer.join()
+    assert claim.outcome == "claimed"
 
 
 def test_a_live_holder_makes_a_second_copy_wait_and_a_dead_one_is_taken_over(runtime: Runtime) -> None:
