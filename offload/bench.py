@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import resource
 import threading
 import time
@@ -13,6 +14,7 @@ from typing import Any
 import click
 from dramatiq.middleware import Middleware
 
+from offload.proc_cpu import server_cpu_s, server_ticks
 from offload.settings import Settings
 
 
@@ -49,10 +51,18 @@ class Drained:
     seconds: float
     cpu_s: float  # user + system CPU of this process while draining
     switches: int  # context switches of this process while draining
+    servers_cpu_s: Mapping[str, float]  # CPU of the local PostgreSQL and RabbitMQ processes meanwhile
+
+    def cpu_bound_rate(self, messages: int, cores: int) -> float:
+        """The rate if every core did nothing but this drain's work (this process and the servers)."""
+        return cores * messages / (self.cpu_s + sum(self.servers_cpu_s.values()))
 
     def per_message(self, messages: int) -> str:
         cpu_us, switches = self.cpu_s / messages * 1e6, self.switches / messages
-        return f"cpu {cpu_us:5.0f} us/msg, {switches:4.0f} ctx switches/msg"
+        servers = "".join(
+            f", {name} {s / messages * 1e6:4.0f}" for name, s in sorted(self.servers_cpu_s.items())
+        )
+        return f"cpu {cpu_us:5.0f} us/msg{servers}; {switches:4.0f} ctx switches/msg"
 
 
 def _usage() -> tuple[float, int]:
@@ -67,7 +77,7 @@ def _drain(broker: Any, queue: str, messages: int, *, threads: int, timeout_s: f
     finished = _Finished(messages)
     broker.add_middleware(finished)
     worker = dramatiq.Worker(broker, queues={queue}, worker_threads=threads, worker_timeout=100)
-    cpu, switches = _usage()
+    cpu, switches, servers = *_usage(), server_ticks()
     started = time.perf_counter()
     worker.start()
     try:
@@ -75,7 +85,9 @@ def _drain(broker: Any, queue: str, messages: int, *, threads: int, timeout_s: f
             raise click.ClickException(f"drain did not finish within {timeout_s} s")
         seconds = time.perf_counter() - started
         cpu_after, switches_after = _usage()
-        return Drained(seconds, cpu_after - cpu, switches_after - switches)
+        return Drained(
+            seconds, cpu_after - cpu, switches_after - switches, server_cpu_s(servers, server_ticks())
+        )
     finally:
         worker.stop()
 
@@ -178,7 +190,9 @@ def pipeline(messages: int, threads: int, cap: int, timeout_s: float) -> None:
     A third drain, the floor, is bare Dramatiq committing two single-row updates per message, one
     statement each: the least store work the guards' promises allow. All run on the configured
     RabbitMQ; the guarded side and the floor use the configured database (OFFLOAD_DATABASE_URL:
-    point it at PostgreSQL for the production figure).
+    point it at PostgreSQL for the production figure). Each side's CPU per message is given for
+    this process and for the local PostgreSQL and RabbitMQ, and from their sum the rate at which
+    the machine's cores would be saturated.
     """
     import logging
 
@@ -199,3 +213,13 @@ def pipeline(messages: int, threads: int, cap: int, timeout_s: float) -> None:
     click.echo(f"ratio guarded/bare:      {guarded_rate / bare_rate:6.2f}  (target >= 0.5)")
     ceiling = "a ceiling for any design that commits per message"
     click.echo(f"ratio floor/bare:        {floor_rate / bare_rate:6.2f}  ({ceiling})")
+    cores = len(os.sched_getaffinity(0))
+    bound = {
+        name: run.cpu_bound_rate(messages, cores) for name, run in (("guarded", guarded), ("floor", floor))
+    }
+    click.echo(
+        f"CPU-bound rate on {cores} cores (this process and the local servers' CPU per message): "
+        + ", ".join(
+            f"{name} {rate:.0f} msg/s = {rate / bare_rate:.2f} x bare" for name, rate in bound.items()
+        )
+    )

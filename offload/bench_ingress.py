@@ -3,7 +3,8 @@
 A third server, the floor, is the bare app plus one commit and one confirmed publish per request.
 All servers are waitress with the same thread count, measured in the same run by the same load
 generator (another process: threads with keep-alive http.client connections). Every accepted event
-is then looked up in the database, and the drain messages are counted on RabbitMQ.
+is then looked up in the database, and the drain messages are counted on RabbitMQ. The CPU each
+request costs is given for the server, the load generator and the local PostgreSQL and RabbitMQ.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import itertools
 import json
 import os
 import re
+import resource
 import secrets
 import signal
 import subprocess
@@ -31,6 +33,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import click
 
+from offload.proc_cpu import process_cpu_s, server_cpu_s, server_ticks
 from offload.settings import Settings, redact
 
 WEBHOOK_PATH = "/api/webhooks/email"
@@ -51,14 +54,15 @@ class LoadResult:
     def rate(self) -> float:
         return len(self.accepted_ids) / self.elapsed_s if self.elapsed_s else 0.0
 
-    def figures(self, server_cpu_ms: float) -> dict[str, Any]:
+    def figures(self, cpu_ms: dict[str, float]) -> dict[str, Any]:
         """One server's entry in the JSON report."""
         return {
             "rate": self.rate,
             "p50_ms": self.p50_ms,
             "p99_ms": self.p99_ms,
             "statuses": self.statuses,
-            "server_cpu_ms_per_request": server_cpu_ms,
+            "server_cpu_ms_per_request": cpu_ms["server"],
+            "other_cpu_ms_per_request": {k: v for k, v in cpu_ms.items() if k != "server"},
         }
 
 
@@ -288,21 +292,25 @@ def _server(args: list[str], env: dict[str, str], log: Path) -> Iterator[tuple[s
                 proc.wait()
 
 
-def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds a process has used so far (Linux /proc)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _measured(
     server: tuple[str, int, int], *, connections: int, count: int, warmup: int, secret: str
-) -> tuple[LoadResult, float]:
-    """The load's result and the server's CPU milliseconds per request (warm-up included)."""
+) -> tuple[LoadResult, dict[str, float]]:
+    """The load's result, and CPU milliseconds per request (warm-up included) of the server, of the
+    load generator and of the local PostgreSQL and RabbitMQ."""
     host, port, pid = server
-    before = _cpu_s(pid)
+    before, load_before, servers = process_cpu_s(pid), _children_cpu_s(), server_ticks()
     result = _load(host, port, connections=connections, count=count, warmup=warmup, secret=secret)
-    return result, (_cpu_s(pid) - before) * 1000 / (count + warmup)
+    used = {
+        "server": process_cpu_s(pid) - before,
+        "load": _children_cpu_s() - load_before,  # the load generator, a child that has ended
+        **server_cpu_s(servers, server_ticks()),
+    }
+    return result, {name: s * 1000 / (count + warmup) for name, s in used.items()}
+
+
+def _children_cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def _load(host: str, port: int, *, connections: int, count: int, warmup: int, secret: str) -> LoadResult:
@@ -421,7 +429,7 @@ def ingress(
         )
         echo_args = [sys.executable, "-m", "offload.bench_ingress", "echo", str(threads)]
 
-        def measured(server: tuple[str, int, int]) -> tuple[LoadResult, float]:
+        def measured(server: tuple[str, int, int]) -> tuple[LoadResult, dict[str, float]]:
             return _measured(server, connections=connections, count=count, warmup=warmup, secret=secret)
 
         with _server(echo_args, env, workdir / "echo.log") as server:
@@ -460,13 +468,23 @@ def ingress(
     if as_json:
         click.echo(json.dumps(figures, indent=2))
     else:
-        click.echo(f"{'':10} {'events/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'cpu ms/req':>10}  answers")
+        servers = sorted(k for k in ours_cpu_ms if k != "server")
+        head = "".join(f" {name[:8] + ' ms':>11}" for name in servers)
+        click.echo(f"{'':10} {'events/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'cpu ms/req':>10}{head}  answers")
         sides = (("bare", bare, bare_cpu_ms), ("floor", floor, floor_cpu_ms), ("offload", ours, ours_cpu_ms))
         for name, r, cpu in sides:
-            click.echo(f"{name:10} {r.rate:9.0f} {r.p50_ms:8.1f} {r.p99_ms:8.1f} {cpu:10.2f}  {r.statuses}")
+            cols = f"{cpu['server']:10.2f}" + "".join(f" {cpu.get(server, 0.0):11.2f}" for server in servers)
+            click.echo(f"{name:10} {r.rate:9.0f} {r.p50_ms:8.1f} {r.p99_ms:8.1f} {cols}  {r.statuses}")
         click.echo(
             f"ratio {ratio:.2f} (target >= 0.5); floor ratio {floor_ratio:.2f} (one commit and one confirmed "
             "publish per request: a ceiling for any server that stores and queues before answering)"
+        )
+        cores = len(os.sched_getaffinity(0))
+        bound = {name: cores * 1000 / sum(cpu.values()) for name, _, cpu in sides}
+        click.echo(
+            f"CPU-bound rate on {cores} cores (all the CPU above per request): "
+            + ", ".join(f"{name} {rate:.0f} ev/s" for name, rate in bound.items())
+            + f"; offload's is {bound['offload'] / bound['bare']:.2f} x bare's"
         )
         click.echo(
             f"accepted {len(ours.accepted_ids)}, stored {stored}, "

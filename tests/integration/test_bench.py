@@ -31,6 +31,8 @@ def test_the_pipeline_benchmark_drains_both_sides_and_prints_their_ratio(setting
     assert len(rates) == 3 and all(int(rate) > 0 and int(cpu) > 0 for rate, cpu in rates), stdout
     for ratio in ("guarded/bare", "floor/bare"):
         assert re.search(rf"ratio {ratio}:\s+\d+\.\d\d", stdout), stdout
+    assert re.search(r"\d+ us/msg, postgres\s+\d+, rabbitmq\s+\d+;", stdout), stdout  # both run here
+    assert re.search(r"CPU-bound rate on \d+ cores .*guarded \d+ msg/s = \d+\.\d\d x bare", stdout), stdout
 
 
 def test_the_ingress_benchmark_loses_no_event_and_reports_both_servers(settings: Settings) -> None:
@@ -39,3 +41,5 @@ def test_the_ingress_benchmark_loses_no_event_and_reports_both_servers(settings:
     assert figures["lost"] == 0 and figures["offload"]["stored"] == figures["offload"]["accepted"] == 40
     for side in ("bare", "floor", "offload"):
         assert figures[side]["rate"] > 0 and figures[side]["server_cpu_ms_per_request"] > 0, figures
+        others = figures[side]["other_cpu_ms_per_request"]
+        assert others["load"] > 0 and {"postgres", "rabbitmq"} <= others.keys(), figures
