@@ -444,6 +444,9 @@ def ingress(
         stored = _stored(db_url, ours.accepted_ids)
         in_queue = vhost.message_count("offload.webhook-drain")
     ratio = ours.rate / bare.rate if bare.rate else 0.0
+    cores = len(os.sched_getaffinity(0))
+    cpu_by_side = {"bare": bare_cpu_ms, "floor": floor_cpu_ms, "offload": ours_cpu_ms}
+    bound = {name: cores * 1000 / sum(cpu.values()) for name, cpu in cpu_by_side.items()}
     floor_ratio = floor.rate / bare.rate if bare.rate else 0.0
     lost = len(ours.accepted_ids) - stored
     figures = {
@@ -462,6 +465,8 @@ def ingress(
         },
         "ratio": ratio,
         "floor_ratio": floor_ratio,
+        "cores": cores,
+        "cpu_bound_rate": bound,
         "lost": lost,
         "targets": {"ratio>=0.5": ratio >= 0.5, "p99<=50ms": ours.p99_ms <= 50, "lost==0": lost == 0},
     }
@@ -479,8 +484,6 @@ def ingress(
             f"ratio {ratio:.2f} (target >= 0.5); floor ratio {floor_ratio:.2f} (one commit and one confirmed "
             "publish per request: a ceiling for any server that stores and queues before answering)"
         )
-        cores = len(os.sched_getaffinity(0))
-        bound = {name: cores * 1000 / sum(cpu.values()) for name, _, cpu in sides}
         click.echo(
             f"CPU-bound rate on {cores} cores (all the CPU above per request): "
             + ", ".join(f"{name} {rate:.0f} ev/s" for name, rate in bound.items())

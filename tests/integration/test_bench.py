@@ -43,3 +43,4 @@ def test_the_ingress_benchmark_loses_no_event_and_reports_both_servers(settings:
         assert figures[side]["rate"] > 0 and figures[side]["server_cpu_ms_per_request"] > 0, figures
         others = figures[side]["other_cpu_ms_per_request"]
         assert others["load"] > 0 and {"postgres", "rabbitmq"} <= others.keys(), figures
+        assert figures["cpu_bound_rate"][side] > 0, figures
