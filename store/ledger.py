@@ -95,12 +95,15 @@ _CLAIM = (
     )
     .returning(*_EVENT_COLUMNS)
 )
+#: A completion's attempt must still hold the run: its lease token, `running`, or `lost` if the reaper
+#: presumed it dead but no other attempt took the run over (that would have changed the token).
+_COMPLETABLE = (RunStatus.RUNNING, RunStatus.LOST)
 _COMPLETE = (
     update(_runs)
     .where(
         _runs.c.dispatch_key == _p("key"),
         _runs.c.lease_token == _p("token"),
-        _runs.c.status == RunStatus.RUNNING,
+        _runs.c.status.in_(_COMPLETABLE),
     )
     .values(
         status=RunStatus.SUCCEEDED,
@@ -146,7 +149,8 @@ WITH done AS (
         status = '{RunStatus.SUCCEEDED.value}', result = CAST(%(p_result)s AS JSON),
         started_at = %(p_started_at)s, finished_at = %(p_now)s, updated_at = %(p_now)s,
         lease_token = NULL, lease_expires_at = NULL
-    WHERE dispatch_key = %(p_key)s AND lease_token = %(p_token)s AND status = '{RunStatus.RUNNING.value}'
+    WHERE dispatch_key = %(p_key)s AND lease_token = %(p_token)s
+      AND status IN ({", ".join(f"'{s.value}'" for s in _COMPLETABLE)})
     RETURNING id, status, attempt, worker_host, worker_pid
 ), event AS (
     INSERT INTO background_function_run_events (run_id, at, status, attempt, worker_host, worker_pid)
@@ -517,7 +521,11 @@ class SqlLedger:
         return True
 
     def reap(self, *, limit: int = 500) -> int:
-        """Mark `running` rows whose lease expired as `lost`; their messages are redelivered by RabbitMQ."""
+        """Mark `running` rows whose lease expired as `lost`; their messages are redelivered by RabbitMQ.
+
+        An attempt that only overran its lease keeps its token and may still succeed, unless a
+        redelivery took the run over first.
+        """
         now = self._clock()
         with translate_errors(), self._sessions() as s:
             rows = s.scalars(

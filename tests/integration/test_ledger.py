@@ -11,6 +11,7 @@ from sqlalchemy import text
 from domain.runs import RunStatus
 from offload.wiring import Runtime
 from store import ledger as ledger_module
+from store.errors import LeaseLost
 from store.ledger import NewRun, SqlLedger, Worker
 
 A, B = Worker("host-a", 1), Worker("host-b", 2)
@@ -105,6 +106,26 @@ def test_a_live_holder_makes_a_second_copy_wait_and_a_dead_one_is_taken_over(run
     assert taken.outcome == "claimed" and taken.token != first.token and taken.attempt == 2
     statuses = [(e.status, e.worker_host) for e in runtime.ledger.events("k")]
     assert statuses[-2:] == [("lost", "host-a"), ("running", "host-b")]
+
+
+def test_an_attempt_reaped_while_it_overran_its_lease_still_succeeds_unless_taken_over(
+    runtime: Runtime,
+) -> None:
+    long_ago = datetime.now(UTC) - timedelta(hours=1)
+    for key in ("slow", "taken"):
+        at(runtime, long_ago).record_dispatch(new_run(key))
+    slow = at(runtime, long_ago).claim(new_run("slow"), cap=2, lease_s=1, worker=A, max_attempts=3)
+    taken = at(runtime, long_ago).claim(new_run("taken"), cap=2, lease_s=1, worker=A, max_attempts=3)
+    assert runtime.ledger.reap() == 2
+    assert slow.token is not None and taken.token is not None
+    runtime.ledger.complete_in(None, "slow", slow.token, {"late": 1}, job="test-record", started_at=long_ago)
+    run = runtime.ledger.get("slow")
+    assert run is not None and (run.status, run.attempt, run.result) == ("succeeded", 1, {"late": 1})
+    assert [e.status for e in runtime.ledger.events("slow")][-2:] == ["lost", "succeeded"]
+    runtime.ledger.claim(new_run("taken"), cap=2, lease_s=60, worker=B, max_attempts=3)  # a redelivery
+    with pytest.raises(LeaseLost):
+        runtime.ledger.complete_in(None, "taken", taken.token, {}, job="test-record", started_at=long_ago)
+    assert runtime.leases.held("test-record") == 1  # the redelivery's slot only
 
 
 @pytest.mark.parametrize("reaped_first", [False, True])
