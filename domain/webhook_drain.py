@@ -85,6 +85,11 @@ def drain_event(ctx: JobContext) -> Mapping[str, Any]:
         handler(uow, payload, ctx.now)
     except Exception as e:
         uow.rollback()
+        # The rollback let go of the row: another drain of it may have finished it meanwhile.
+        event = events.lock(event_id)
+        if event is None or event.status not in OPEN:
+            return {**summary, "status": event.status if event else None, "already": True}
+        attempt = event.attempts + 1
         error = f"{type(e).__name__}: {e}"
         reason = f"attempt {attempt}: {error}"[:_REASON_CHARS]
         final = isinstance(e, PermanentError | ValidationError) or attempt >= DRAIN_MAX_ATTEMPTS

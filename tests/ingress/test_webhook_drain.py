@@ -5,14 +5,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import dramatiq
 import pytest
 
 from domain import webhook_drain
+from domain.errors import TransientError
 from domain.ports import Ports
 from domain.webhook_drain import DRAIN_MAX_ATTEMPTS, drain_key
-from domain.webhooks import CORRELATION_HEADER
+from domain.webhooks import CORRELATION_HEADER, KNOWN_TYPES
 from offload.settings import Settings
 from offload.wiring import Runtime, build
 from store.webhook_events import NewWebhookEvent
@@ -161,6 +163,32 @@ def test_a_transient_handler_error_is_retried_then_marked_failed(runtime: Runtim
     last = drain(runtime, row, via="last")
     assert last["status"] == "succeeded" and last["result"]["status"] == "failed"  # type: ignore[index]
     assert (event(runtime, row).status, event(runtime, row).attempts) == ("failed", DRAIN_MAX_ATTEMPTS)
+
+
+def test_a_failed_attempt_leaves_alone_an_event_another_drain_finished_meanwhile(settings: Settings) -> None:
+    def fails_while_another_drain_finishes(uow: Any, payload: object, now: datetime) -> None:
+        rolled_back = uow.rollback
+
+        def rollback() -> None:  # once the row is let go, a second drain of the event processes it
+            rolled_back()
+            with runtime.uow() as other:
+                other.webhook_events.mark(row, status="processed", reason=None, attempts=1, finished=True)
+                other.commit()
+
+        uow.rollback = rollback
+        raise TransientError("provider timeout")
+
+    handlers = dict.fromkeys(KNOWN_TYPES, fails_while_another_drain_finishes)
+    runtime = build(
+        settings, registry=TEST_REGISTRY, ports=replace(RECORDING_PORTS, webhook_handlers=handlers)
+    )
+    try:
+        row = store(runtime, "evt-1")
+        outcome = drain(runtime, row)
+        assert outcome["status"] == "succeeded" and outcome["result"]["already"] is True  # type: ignore[index]
+        assert (event(runtime, row).status, event(runtime, row).attempts) == ("processed", 1)
+    finally:
+        runtime.close()
 
 
 def test_a_stored_event_of_an_unknown_type_is_ignored_by_the_drain(runtime: Runtime) -> None:
