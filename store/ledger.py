@@ -118,11 +118,11 @@ _COMPLETE = (
 )
 
 
+#: How long a claim that found every slot held waits before it looks once more (PostgreSQL only).
+_PG_RECHECK_S = 0.002
 # On PostgreSQL the claim (run, slot and history row) and the completion (mark, history row and
 # slot) are one statement each: a round trip is most of what a guarded message costs, and one
 # statement is one atomic transaction, so a claim needs no BEGIN and COMMIT of its own.
-#: How long a claim that found every slot held waits before it looks once more (PostgreSQL only).
-_PG_RECHECK_S = 0.002
 _CLAIMABLE_SQL = ", ".join(f"'{s.value}'" for s in sorted(CLAIMABLE - {RunStatus.LOST}))
 _PG_CLAIM = f"""
 WITH run AS MATERIALIZED (
