@@ -159,19 +159,22 @@ def _floor(settings: Settings, engine: Any, job: str, *, threads: int, timeout_s
     """
     from sqlalchemy import bindparam, func, select, update
 
-    from store.db import run_one
+    from store.db import Direct, PgStatement
     from store.models import Run
 
     with engine.connect() as conn:
         keys = list(conn.scalars(select(Run.dispatch_key).where(Run.job == job)))
     touch = update(Run).where(Run.dispatch_key == bindparam("k")).values(updated_at=func.now())
     autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
-    pg_touch = "UPDATE background_function_runs SET updated_at = now() WHERE dispatch_key = %(k)s RETURNING 1"
+    direct = Direct(engine)
+    pg_touch = PgStatement(
+        "UPDATE background_function_runs SET updated_at = now() WHERE dispatch_key = %(k)s RETURNING 1"
+    )
 
     def commit_twice(key: str) -> None:
         for _ in range(2):
             if engine.dialect.name == "postgresql":  # as the guards' own hot statements run
-                run_one(engine, pg_touch, {"k": key})
+                direct.run(pg_touch, {"k": key})
             else:
                 with autocommit.connect() as conn:
                     conn.execute(touch, {"k": key})

@@ -219,12 +219,13 @@ def floor_main(argv: list[str]) -> None:
     from dramatiq.brokers.rabbitmq import RabbitmqBroker
     from sqlalchemy import Column, Integer, MetaData, Table, Text
 
-    from store.db import make_engine, run_one
+    from store.db import Direct, PgStatement, make_engine
 
     settings = Settings.load()
     engine = make_engine(settings.database_url)
     autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
-    pg_insert = f"INSERT INTO {FLOOR_TABLE} (body) VALUES (%(body)s) RETURNING id"
+    direct = Direct(engine)
+    pg_insert = PgStatement(f"INSERT INTO {FLOOR_TABLE} (body) VALUES (%(body)s) RETURNING id")
     table = Table(
         FLOOR_TABLE, MetaData(), Column("id", Integer, primary_key=True), Column("body", Text, nullable=False)
     )
@@ -238,7 +239,7 @@ def floor_main(argv: list[str]) -> None:
             body = req.bounded_stream.read()
             event = json.loads(body)
             if engine.dialect.name == "postgresql":  # as offload's own intake statements run
-                (row_id,) = run_one(engine, pg_insert, {"body": body.decode()})
+                (row_id,) = direct.run(pg_insert, {"body": body.decode()})
             else:
                 with autocommit.connect() as conn:
                     row_id = conn.execute(insert, {"body": body.decode()}).scalar_one()

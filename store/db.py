@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import threading
-from collections.abc import Iterator
+import weakref
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -70,33 +72,92 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
     )
 
 
-def run_one(engine: Engine, sql: str, params: dict[str, Any]) -> tuple[Any, ...]:
-    """Run one PostgreSQL statement in autocommit on a pooled connection, and return its one row.
+class PgStatement:
+    """A PostgreSQL statement written with `%(name)s` parameters, numbered once ($1, $2, ...) for `Direct`.
 
-    For the guards' hot path: it hands the statement to psycopg (prepared on each connection)
-    without SQLAlchemy's execution machinery, which costs more CPU than the round trip itself. A
-    connection that failed anything is dropped from the pool rather than trusted again.
+    `sql` keeps the named form, for running the same statement through SQLAlchemy.
     """
-    try:
-        with translate_errors():
-            pooled = engine.raw_connection()  # raises the driver's own errors when it must connect
-    except psycopg.Error as e:
-        raise _driver_error(e) from e
-    try:
-        driver = pooled.driver_connection
-        assert isinstance(driver, psycopg.Connection), "run_one is for PostgreSQL"
-        driver.autocommit = True
-        row = driver.execute(sql, params, prepare=True).fetchone()
-        driver.autocommit = False
-    except BaseException as e:
-        pooled.invalidate(e)
-        if isinstance(e, psycopg.Error):
+
+    def __init__(self, sql: str) -> None:
+        names: list[str] = []
+
+        def number(match: re.Match[str]) -> str:
+            if match[1] not in names:
+                names.append(match[1])
+            return f"${names.index(match[1]) + 1}"
+
+        self.sql = sql
+        self.numbered = _NAMED.sub(number, sql)
+        self.names = tuple(names)
+
+
+_NAMED = re.compile(r"%\((\w+)\)s")
+
+
+class Direct:
+    """Runs one-row PostgreSQL statements in autocommit, each thread on a connection of its own.
+
+    For the hot paths. psycopg runs the statement directly, prepared on each connection, with its
+    parameters by position: SQLAlchemy's execution, its pool's checkout and reset, and psycopg's
+    own handling of named parameters each cost CPU on the same scale as the round trip. A
+    connection that failed anything is closed, and the thread's next statement connects anew. The
+    connections close with their thread, or all at once when the engine is disposed.
+
+    Parameters:
+      engine: a PostgreSQL engine; its URL and connect arguments make the connections.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._local = threading.local()
+        self._open: weakref.WeakSet[_Own] = weakref.WeakSet()
+        event.listen(engine, "engine_disposed", lambda _engine: self.close())
+
+    def run(self, statement: PgStatement, params: Mapping[str, Any]) -> tuple[Any, ...]:
+        """Run `statement` with `params` and return its one row, committed."""
+        own: _Own | None = getattr(self._local, "own", None)
+        if own is None or own.conn.closed:
+            own = self._local.own = self._connect()
+        try:
+            row = own.cursor.execute(
+                statement.numbered, [params[name] for name in statement.names], prepare=True
+            ).fetchone()
+        except BaseException as e:
+            self._local.own = None
+            own.conn.close()
+            if isinstance(e, psycopg.Error):
+                raise _driver_error(e) from e
+            raise
+        assert row is not None, "a statement that returns one row"
+        return tuple(row)
+
+    def close(self) -> None:
+        """Close every thread's connection; a later statement connects anew."""
+        for own in list(self._open):
+            own.conn.close()
+
+    def _connect(self) -> _Own:
+        try:
+            with translate_errors():
+                pooled = self._engine.raw_connection()  # raises the driver's own errors when it must connect
+        except psycopg.Error as e:
             raise _driver_error(e) from e
-        raise
-    finally:
-        pooled.close()
-    assert row is not None, "a statement that returns one row"
-    return tuple(row)
+        conn = pooled.driver_connection
+        assert isinstance(conn, psycopg.Connection), "Direct is for PostgreSQL"
+        pooled.detach()  # ours from now on: the pool neither counts nor resets it
+        conn.autocommit = True
+        own = _Own(conn)
+        self._open.add(own)
+        return own
+
+
+class _Own:
+    """A thread's connection with its cursor; closed when the thread's last reference goes."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn
+        self.cursor = psycopg.RawCursor(conn)
+        weakref.finalize(self, conn.close)
 
 
 def _driver_error(e: psycopg.Error) -> StoreError:

@@ -28,7 +28,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from domain.runs import CLAIMABLE, FINAL, REOPENABLE, RunStatus
-from store.db import make_sessions, run_one, translate_errors
+from store.db import Direct, PgStatement, make_sessions, translate_errors
 from store.errors import LeaseLost
 from store.leases import PG_RELEASE_SLOT, PG_TAKE_SLOT, SqlLeases, holder, slot_params
 from store.models import Run, RunEvent
@@ -124,7 +124,7 @@ _PG_RECHECK_S = 0.002
 # slot) are one statement each: a round trip is most of what a guarded message costs, and one
 # statement is one atomic transaction, so a claim needs no BEGIN and COMMIT of its own.
 _CLAIMABLE_SQL = ", ".join(f"'{s.value}'" for s in sorted(CLAIMABLE - {RunStatus.LOST}))
-_PG_CLAIM = f"""
+_PG_CLAIM = PgStatement(f"""
 WITH run AS MATERIALIZED (
     SELECT id FROM background_function_runs
     WHERE dispatch_key = %(p_key)s AND status IN ({_CLAIMABLE_SQL})
@@ -142,8 +142,8 @@ WITH run AS MATERIALIZED (
     SELECT id, %(p_now)s, status, attempt, worker_host, worker_pid FROM claimed
 )
 SELECT EXISTS (SELECT FROM run), (SELECT attempt FROM claimed)
-"""
-_PG_COMPLETE = f"""
+""")
+_PG_COMPLETE = PgStatement(f"""
 WITH done AS (
     UPDATE background_function_runs SET
         status = '{RunStatus.SUCCEEDED.value}', result = CAST(%(p_result)s AS JSON),
@@ -157,7 +157,7 @@ WITH done AS (
     SELECT id, %(p_now)s, status, attempt, worker_host, worker_pid FROM done
 ), {PG_RELEASE_SLOT}
 SELECT count(*) FROM done
-"""
+""")
 
 
 def pg_record_after(source: str) -> str:
@@ -304,6 +304,8 @@ class SqlLedger:
         self._sessions = make_sessions(engine)
         self._clock = clock
         self._pg = engine.dialect.name == "postgresql"
+        #: The hot statements' executor on PostgreSQL (the webhook intake's too).
+        self.direct = Direct(engine) if self._pg else None
         self.leases = SqlLeases(engine, clock=clock)
 
     # -- dispatch side -------------------------------------------------------------------------
@@ -369,12 +371,12 @@ class SqlLedger:
         }
         with translate_errors():
             self.leases.ensure(new.job, cap)
-            if self._pg:  # the common case in one statement; the rest below
-                claimable, attempt = run_one(self._engine, _PG_CLAIM, params)
+            if self.direct is not None:  # the common case in one statement; the rest below
+                claimable, attempt = self.direct.run(_PG_CLAIM, params)
                 if claimable and attempt is None:
                     # SKIP LOCKED passes over a slot whose release is still committing: look again.
                     time.sleep(_PG_RECHECK_S)
-                    claimable, attempt = run_one(self._engine, _PG_CLAIM, params)
+                    claimable, attempt = self.direct.run(_PG_CLAIM, params)
                 if attempt is not None:
                     return Claim("claimed", attempt, token)
                 if claimable:
@@ -498,12 +500,12 @@ class SqlLedger:
             "p_holder": holder(key, token),
         }
         with translate_errors():
-            if self._pg:
+            if self.direct is not None:
                 params["p_result"] = json.dumps(params["p_result"])
                 if session is None:
-                    (done,) = run_one(self._engine, _PG_COMPLETE, params)
+                    (done,) = self.direct.run(_PG_COMPLETE, params)
                 else:
-                    done = session.connection().exec_driver_sql(_PG_COMPLETE, params).scalar_one()
+                    done = session.connection().exec_driver_sql(_PG_COMPLETE.sql, params).scalar_one()
             elif session is None:
                 with self._engine.connect() as conn, conn.begin():
                     done = self._complete(conn, params)

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from domain.ports import StoredWebhookEvent
 from domain.webhooks import CORRELATION_HEADER
-from store.db import make_sessions, run_one, translate_errors
+from store.db import PgStatement, make_sessions, translate_errors
 from store.ledger import NewRun, RunView, SqlLedger, pg_record_after, record_params, recorded
 from store.models import OutcomeText, WebhookEvent
 
@@ -55,14 +55,13 @@ class SqlWebhookIntake:
     """
 
     def __init__(self, engine: Engine, ledger: SqlLedger) -> None:
-        self._engine = engine
         self._sessions = make_sessions(engine)
         self._ledger = ledger
-        self._pg = engine.dialect.name == "postgresql"
+        self._direct = ledger.direct  # on PostgreSQL; one set of connections for both
 
     def store(self, new: NewWebhookEvent, *, drain: Callable[[int], NewRun] | None) -> Stored:
         """Insert `new` unless its provider event id is known, with the run `drain(event id)` if given."""
-        if not self._pg:
+        if self._direct is None:
             with translate_errors(), self._sessions() as s:
                 event_id, duplicate = SqlWebhookEvents(s).add(new)
                 run = None
@@ -72,13 +71,13 @@ class SqlWebhookIntake:
                 return Stored(event_id, duplicate, run)
         params = _event_params(new)
         if drain is None:
-            (inserted,) = run_one(self._engine, _PG_ADD, params)
+            (inserted,) = self._direct.run(_PG_ADD, params)
             run = None
         else:
-            (params["e_id"],) = run_one(self._engine, _PG_NEXT_ID, {})
+            (params["e_id"],) = self._direct.run(_PG_NEXT_ID, {})
             now, new_run = self._ledger.now(), drain(params["e_id"])
             params.update(record_params(new_run, now))
-            inserted, run_id = run_one(self._engine, _PG_ADD_WITH_RUN, params)
+            inserted, run_id = self._direct.run(_PG_ADD_WITH_RUN, params)
             run = recorded(new_run, now, run_id) if run_id is not None else None
         if inserted is not None:
             return Stored(int(inserted), False, run)
@@ -209,9 +208,9 @@ def _pg_event(*, with_id: bool) -> str:
     return _PG_EVENT.format(columns=", ".join(columns), values=", ".join(values))
 
 
-_PG_NEXT_ID = "SELECT nextval(pg_get_serial_sequence('webhook_events', 'id'))"
-_PG_ADD = f"WITH {_pg_event(with_id=False)} SELECT (SELECT id FROM event)"
-_PG_ADD_WITH_RUN = (
+_PG_NEXT_ID = PgStatement("SELECT nextval(pg_get_serial_sequence('webhook_events', 'id'))")
+_PG_ADD = PgStatement(f"WITH {_pg_event(with_id=False)} SELECT (SELECT id FROM event)")
+_PG_ADD_WITH_RUN = PgStatement(
     f"WITH {_pg_event(with_id=True)}, {pg_record_after('event')} "
     "SELECT (SELECT id FROM event), (SELECT id FROM run)"
 )

@@ -1,0 +1,69 @@
+"""Direct, the hot statements' executor on PostgreSQL: a connection per thread, dropped on any failure."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from sqlalchemy import Engine
+
+from store import db
+from store.db import Direct, PgStatement
+from store.errors import StoreError
+from tests.services import Postgres
+from tests.support.procs import wait_for
+
+BACKEND = PgStatement("SELECT pg_backend_pid(), %(n)s::int + 1")
+DIVIDE = PgStatement("SELECT 1 / %(n)s::int")
+
+
+@pytest.fixture
+def engine(postgres: Postgres) -> Iterator[Engine]:
+    engine = db.make_engine(postgres.url)
+    yield engine
+    engine.dispose()
+
+
+def gone(engine: Engine, pids: set[int]) -> bool:
+    """Whether none of the server processes `pids` is left (a closed connection's ends a moment later)."""
+
+    def alive() -> bool:
+        with engine.connect() as conn:
+            sql = "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%(p)s)"
+            return bool(conn.exec_driver_sql(sql, {"p": list(pids)}).scalar_one())
+
+    return bool(wait_for(lambda: not alive(), timeout_s=5, what=f"server processes {pids} to end"))
+
+
+def test_parameters_are_numbered_once_each_in_order_of_first_use() -> None:
+    statement = PgStatement("SELECT %(b)s, %(a)s, %(b)s || %(c)s")
+    assert statement.numbered == "SELECT $1, $2, $1 || $3"
+    assert statement.names == ("b", "a", "c")
+
+
+def test_each_thread_keeps_a_connection_of_its_own_until_the_engine_is_disposed(engine: Engine) -> None:
+    direct = Direct(engine)
+    here = {direct.run(BACKEND, {"n": i})[0] for i in range(3)}
+    assert len(here) == 1  # one connection, used again
+    there: list[int] = []
+    thread = threading.Thread(target=lambda: there.append(direct.run(BACKEND, {"n": 1})[0]))
+    thread.start()
+    thread.join()
+    pids = here | set(there)
+    assert len(pids) == 2 and direct.run(BACKEND, {"n": 41}) == (*here, 42)
+    engine.dispose()
+    assert gone(engine, pids)
+    assert direct.run(BACKEND, {"n": 0})[0] not in pids  # and connects anew afterwards
+
+
+def test_a_failed_statement_is_a_store_error_and_its_connection_is_not_used_again(engine: Engine) -> None:
+    direct = Direct(engine)
+    (before, _) = direct.run(BACKEND, {"n": 0})
+    with pytest.raises(StoreError, match="division by zero") as failed:
+        direct.run(DIVIDE, {"n": 0})
+    assert isinstance(failed.value.__cause__, psycopg.errors.DivisionByZero)
+    (after, _) = direct.run(BACKEND, {"n": 0})
+    assert after != before and gone(engine, {before})
+    assert direct.run(DIVIDE, {"n": 1}) == (1,)
