@@ -87,7 +87,7 @@ class PgStatement:
             return f"${names.index(match[1]) + 1}"
 
         self.sql = sql
-        self.numbered = _NAMED.sub(number, sql)
+        self.numbered = _NAMED.sub(number, sql).encode()  # as psycopg sends it: encoded once, not per call
         self.names = tuple(names)
 
 

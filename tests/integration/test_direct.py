@@ -39,7 +39,7 @@ def gone(engine: Engine, pids: set[int]) -> bool:
 
 def test_parameters_are_numbered_once_each_in_order_of_first_use() -> None:
     statement = PgStatement("SELECT %(b)s, %(a)s, %(b)s || %(c)s")
-    assert statement.numbered == "SELECT $1, $2, $1 || $3"
+    assert statement.numbered == b"SELECT $1, $2, $1 || $3"
     assert statement.names == ("b", "a", "c")
 
 
