@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import resource
+import statistics
 import threading
 import time
 import uuid
@@ -186,8 +187,15 @@ def _floor(settings: Settings, engine: Any, job: str, *, threads: int, timeout_s
 @click.option("--messages", default=2000, show_default=True, help="Messages per side.")
 @click.option("--threads", default=8, show_default=True, help="Worker threads (one process) per side.")
 @click.option("--cap", default=8, show_default=True, help="Concurrency cap of the guarded job.")
+@click.option(
+    "--rounds",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="Rounds of the three drains, one after the other.",
+)
 @click.option("--timeout-s", default=300.0, show_default=True)
-def pipeline(messages: int, threads: int, cap: int, timeout_s: float) -> None:
+def pipeline(messages: int, threads: int, cap: int, rounds: int, timeout_s: float) -> None:
     """Drain N no-op messages through bare Dramatiq and through a fully guarded offload actor.
 
     A third drain, the floor, is bare Dramatiq committing two single-row updates per message, one
@@ -196,33 +204,77 @@ def pipeline(messages: int, threads: int, cap: int, timeout_s: float) -> None:
     point it at PostgreSQL for the production figure). Each side's CPU per message is given for
     this process and for the local PostgreSQL and RabbitMQ, and from their sum the rate at which
     the machine's cores would be saturated.
+
+    The three drains run one after the other, `--rounds` times, so that a busy spell of the
+    machine falls on every side alike; each figure is the median over the rounds, with the range
+    in brackets, and a ratio is taken within each round.
     """
     import logging
 
     logging.getLogger("dramatiq").setLevel(logging.WARNING)
     settings = Settings.load()
-    bare = _bare(
-        settings.broker_url, "bare", _bare_noop, list(range(messages)), threads=threads, timeout_s=timeout_s
-    )
-    guarded, floor = _guarded(settings, messages=messages, threads=threads, cap=cap, timeout_s=timeout_s)
-    bare_rate, guarded_rate, floor_rate = (messages / run.seconds for run in (bare, guarded, floor))
-    click.echo(f"store: {settings.database_url.split(':', 1)[0]}  messages: {messages}  threads: {threads}")
-    for label, rate, run in (
-        ("bare dramatiq no-op:", bare_rate, bare),
-        ("guarded offload no-op:", guarded_rate, guarded),
-        ("floor, bare + 2 commits:", floor_rate, floor),
-    ):
-        click.echo(f"{label:24} {rate:6.0f} msg/s  ({run.seconds:.2f} s; {run.per_message(messages)})")
-    click.echo(f"ratio guarded/bare:      {guarded_rate / bare_rate:6.2f}  (target >= 0.5)")
-    ceiling = "a ceiling for any design that commits per message"
-    click.echo(f"ratio floor/bare:        {floor_rate / bare_rate:6.2f}  ({ceiling})")
-    cores = len(os.sched_getaffinity(0))
-    bound = {
-        name: run.cpu_bound_rate(messages, cores) for name, run in (("guarded", guarded), ("floor", floor))
-    }
-    click.echo(
-        f"CPU-bound rate on {cores} cores (this process and the local servers' CPU per message): "
-        + ", ".join(
-            f"{name} {rate:.0f} msg/s = {rate / bare_rate:.2f} x bare" for name, rate in bound.items()
+    runs: dict[str, list[Drained]] = {"bare": [], "guarded": [], "floor": []}
+    for _ in range(rounds):
+        runs["bare"].append(
+            _bare(
+                settings.broker_url,
+                "bare",
+                _bare_noop,
+                list(range(messages)),
+                threads=threads,
+                timeout_s=timeout_s,
+            )
         )
+        guarded, floor = _guarded(settings, messages=messages, threads=threads, cap=cap, timeout_s=timeout_s)
+        runs["guarded"].append(guarded)
+        runs["floor"].append(floor)
+    rates = {side: [messages / run.seconds for run in drained] for side, drained in runs.items()}
+    click.echo(
+        f"store: {settings.database_url.split(':', 1)[0]}  messages: {messages}  threads: {threads}  "
+        f"rounds: {rounds} (medians, [ranges])"
+    )
+    for side, label in (
+        ("bare", "bare dramatiq no-op:"),
+        ("guarded", "guarded offload no-op:"),
+        ("floor", "floor, bare + 2 commits:"),
+    ):
+        click.echo(
+            f"{label:24} {_spread(rates[side], '.0f')} msg/s  ({_median(runs[side]).per_message(messages)})"
+        )
+    ratios = {
+        side: [r / b for r, b in zip(rates[side], rates["bare"], strict=True)]
+        for side in ("guarded", "floor")
+    }
+    click.echo(f"ratio guarded/bare:      {_spread(ratios['guarded'], '.2f')}  (target >= 0.5)")
+    ceiling = "a ceiling for any design that commits per message"
+    click.echo(f"ratio floor/bare:        {_spread(ratios['floor'], '.2f')}  ({ceiling})")
+    cores = len(os.sched_getaffinity(0))
+    bare_rate = statistics.median(rates["bare"])
+    bound = {side: _median(runs[side]).cpu_bound_rate(messages, cores) for side in ("guarded", "floor")}
+    click.echo(
+        f"CPU-bound rate on {cores} cores (this process and the local servers' median CPU per message): "
+        + ", ".join(
+            f"{side} {rate:.0f} msg/s = {rate / bare_rate:.2f} x bare" for side, rate in bound.items()
+        )
+    )
+
+
+def _spread(values: list[float], spec: str) -> str:
+    """The median of `values`, then their range in brackets when there are several."""
+    median = format(statistics.median(values), spec)
+    if len(values) == 1:
+        return median
+    return f"{median} [{format(min(values), spec)}-{format(max(values), spec)}]"
+
+
+def _median(drained: list[Drained]) -> Drained:
+    """Each figure's median over several drains of the same side."""
+    servers = {name for run in drained for name in run.servers_cpu_s}
+    return Drained(
+        seconds=statistics.median(run.seconds for run in drained),
+        cpu_s=statistics.median(run.cpu_s for run in drained),
+        switches=int(statistics.median(run.switches for run in drained)),
+        servers_cpu_s={
+            name: statistics.median(run.servers_cpu_s.get(name, 0.0) for run in drained) for name in servers
+        },
     )

@@ -26,11 +26,15 @@ def bench(settings: Settings, *args: str, timeout_s: float) -> str:
 
 
 def test_the_pipeline_benchmark_drains_both_sides_and_prints_their_ratio(settings: Settings) -> None:
-    stdout = bench(settings, "pipeline", "--messages", "40", "--threads", "4", timeout_s=120)
-    rates = re.findall(r":\s+(\d+) msg/s .* cpu\s+(\d+) us/msg", stdout)
-    assert len(rates) == 3 and all(int(rate) > 0 and int(cpu) > 0 for rate, cpu in rates), stdout
+    args = ("pipeline", "--messages", "40", "--threads", "4", "--rounds", "2")
+    stdout = bench(settings, *args, timeout_s=180)
+    assert "rounds: 2" in stdout, stdout
+    rates = re.findall(r":\s+(\d+) \[(\d+)-(\d+)\] msg/s .*cpu\s+(\d+) us/msg", stdout)
+    assert len(rates) == 3, stdout
+    for median, low, high, cpu in rates:
+        assert 0 < int(low) <= int(median) <= int(high) and int(cpu) > 0, stdout
     for ratio in ("guarded/bare", "floor/bare"):
-        assert re.search(rf"ratio {ratio}:\s+\d+\.\d\d", stdout), stdout
+        assert re.search(rf"ratio {ratio}:\s+\d+\.\d\d \[\d+\.\d\d-\d+\.\d\d\]", stdout), stdout
     assert re.search(r"\d+ us/msg, postgres\s+\d+, rabbitmq\s+\d+;", stdout), stdout  # both run here
     assert re.search(r"CPU-bound rate on \d+ cores .*guarded \d+ msg/s = \d+\.\d\d x bare", stdout), stdout
 
