@@ -13,6 +13,7 @@ from dramatiq.middleware import Middleware, default_middleware
 from actors.concurrency_cap import ConcurrencyCap
 from actors.dedup import Dedup
 from actors.log_context import LogContext
+from actors.retries import Retries
 from actors.runner import JobRunner
 from actors.status_ledger import StatusLedger
 from domain.errors import PermanentError
@@ -39,7 +40,8 @@ def make_broker(
         ConcurrencyCap(leases=leases),
         StatusLedger(ledger=ledger),
     ]
-    rest = [m() for m in default_middleware]
+    # dramatiq's defaults, with a Retries that dead-letters a retry the broker refuses
+    rest = [(Retries if m is dramatiq.middleware.Retries else m)() for m in default_middleware]
     return RabbitmqBroker(
         url=with_heartbeat(url), confirm_delivery=True, middleware=[*front, *rest, *(extra or [])]
     )

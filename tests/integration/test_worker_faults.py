@@ -10,7 +10,10 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+import dramatiq
+import pika
 import pytest
 
 from offload.settings import Settings
@@ -178,6 +181,33 @@ def test_a_claim_with_postgresql_away_is_store_unavailable_and_recovers(
             claim(1)  # connecting anew
         proxy.restore()
         assert claim(1) == "claimed" and claim(2) == "claimed"
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_retry_the_broker_refuses_is_dead_lettered_and_the_run_says_dead(
+    runtime: Runtime, rabbit: Rabbit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """dramatiq logs a failed retry publish from its after-hook and acks the message: it must not vanish."""
+    d = runtime.dispatcher.dispatch("test-explode", trigger="cli")
+    enqueue = runtime.broker.enqueue
+
+    def refuse_retries(message: Any, *, delay: int | None = None) -> Any:
+        if message.options.get("retries"):
+            raise pika.exceptions.ChannelWrongStateError("publishing is refused")
+        return enqueue(message, delay=delay)
+
+    monkeypatch.setattr(runtime.broker, "enqueue", refuse_retries)
+    worker = dramatiq.Worker(
+        runtime.broker, queues={runtime.registry["test-explode"].queue}, worker_threads=1
+    )
+    worker.start()
+    try:
+        wait_for(lambda: status(runtime, d.dispatch_key) == "dead", timeout_s=30, what="dead")
+    finally:
+        worker.stop()
+    run = runtime.ledger.get(d.dispatch_key)
+    assert run is not None and (run.attempt, run.error_type) == (1, "RuntimeError")
+    wait_for(lambda: rabbit.message_count("offload.test-explode.XQ") == 1, what="the dead letter")
 
 
 def test_permanent_error_is_dead_lettered_without_retries(
