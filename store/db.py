@@ -1,4 +1,4 @@
-"""Engines, sessions and migrations for SQLite (the embedded default) and PostgreSQL."""
+"""Engines, sessions, migrations and the hot statements' executor, for SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -72,6 +72,9 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
     )
 
 
+_NAMED = re.compile(r"%\((\w+)\)s")
+
+
 class PgStatement:
     """A PostgreSQL statement written with `%(name)s` parameters, numbered once ($1, $2, ...) for `Direct`.
 
@@ -89,9 +92,6 @@ class PgStatement:
         self.sql = sql
         self.numbered = _NAMED.sub(number, sql).encode()  # as psycopg sends it: encoded once, not per call
         self.names = tuple(names)
-
-
-_NAMED = re.compile(r"%\((\w+)\)s")
 
 
 class Direct:
