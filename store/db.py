@@ -119,9 +119,10 @@ class Direct:
         if own is None or own.conn.closed:
             own = self._local.own = self._connect()
         try:
-            row = own.cursor.execute(
-                statement.numbered, [params[name] for name in statement.names], prepare=True
-            ).fetchone()
+            with own.busy:
+                row = own.cursor.execute(
+                    statement.numbered, [params[name] for name in statement.names], prepare=True
+                ).fetchone()
         except BaseException as e:
             self._local.own = None
             own.conn.close()
@@ -132,9 +133,17 @@ class Direct:
         return tuple(row)
 
     def close(self) -> None:
-        """Close every thread's connection; a later statement connects anew."""
+        """Close every thread's idle connection; a later statement connects anew.
+
+        A connection in the middle of a statement (a request that outlived a shutdown's grace) is
+        left to its thread: closing it under the thread would free what libpq is still using.
+        """
         for own in list(self._open):
-            own.conn.close()
+            if own.busy.acquire(blocking=False):
+                try:
+                    own.conn.close()
+                finally:
+                    own.busy.release()
 
     def _connect(self) -> _Own:
         try:
@@ -157,6 +166,7 @@ class _Own:
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self.conn = conn
         self.cursor = psycopg.RawCursor(conn)
+        self.busy = threading.Lock()  # held while a statement runs
         weakref.finalize(self, conn.close)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 
 import psycopg
@@ -17,6 +18,7 @@ from tests.support.procs import wait_for
 
 BACKEND = PgStatement("SELECT pg_backend_pid(), %(n)s::int + 1")
 DIVIDE = PgStatement("SELECT 1 / %(n)s::int")
+SLEEP = PgStatement("SELECT 1 FROM pg_sleep(%(s)s::float)")
 
 
 @pytest.fixture
@@ -67,3 +69,27 @@ def test_a_failed_statement_is_a_store_error_and_its_connection_is_not_used_agai
     (after, _) = direct.run(BACKEND, {"n": 0})
     assert after != before and gone(engine, {before})
     assert direct.run(DIVIDE, {"n": 1}) == (1,)
+
+
+def test_disposing_the_engine_lets_a_statement_in_flight_finish(engine: Engine) -> None:
+    """A request that outlives a shutdown's grace keeps its connection until its statement ends."""
+    direct = Direct(engine)
+    (idle, _) = direct.run(BACKEND, {"n": 0})
+    connected, rows, errors = threading.Event(), [], []
+
+    def slow() -> None:
+        direct.run(BACKEND, {"n": 0})
+        connected.set()
+        try:
+            rows.append(direct.run(SLEEP, {"s": 0.5}))
+        except BaseException as e:
+            errors.append(e)
+
+    thread = threading.Thread(target=slow)
+    thread.start()
+    connected.wait(5)
+    time.sleep(0.2)  # the sleep is on the server now
+    engine.dispose()
+    thread.join(5)
+    assert (rows, errors) == ([(1,)], [])
+    assert gone(engine, {idle})
