@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 import weakref
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -19,6 +20,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from store.errors import StoreError, StoreUnavailable
 
 SQLITE_BUSY_TIMEOUT_MS = 5_000
+#: Connections older than this are replaced before their next use (an idle one may have been dropped
+#: silently on the way, by a firewall or a NAT).
+RECYCLE_S = 1800.0
 _MIGRATIONS = Path(__file__).parent / "migrations"
 
 
@@ -65,7 +69,7 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
     # fails its statement with StoreUnavailable, the pool drops it, and the guards defer or retry.
     return create_engine(
         url,
-        pool_recycle=1800,
+        pool_recycle=RECYCLE_S,
         pool_size=pool_size,
         max_overflow=pool_size,
         connect_args={"connect_timeout": 5},
@@ -100,15 +104,18 @@ class Direct:
     For the hot paths. psycopg runs the statement directly, prepared on each connection, with its
     parameters by position: SQLAlchemy's execution, its pool's checkout and reset, and psycopg's
     own handling of named parameters each cost CPU on the same scale as the round trip. A
-    connection that failed anything is closed, and the thread's next statement connects anew. The
-    connections close with their thread, or all at once when the engine is disposed.
+    connection that failed anything is closed, and the thread's next statement connects anew, as
+    does one older than `recycle_s`. The connections close with their thread, or all at once when
+    the engine is disposed.
 
     Parameters:
       engine: a PostgreSQL engine; its URL and connect arguments make the connections.
+      recycle_s: the age at which a connection is replaced, as the engine's pool does.
     """
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, recycle_s: float = RECYCLE_S) -> None:
         self._engine = engine
+        self._recycle_s = recycle_s
         self._local = threading.local()
         self._open: weakref.WeakSet[_Own] = weakref.WeakSet()
         event.listen(engine, "engine_disposed", lambda _engine: self.close())
@@ -116,7 +123,9 @@ class Direct:
     def run(self, statement: PgStatement, params: Mapping[str, Any]) -> tuple[Any, ...]:
         """Run `statement` with `params` and return its one row, committed."""
         own: _Own | None = getattr(self._local, "own", None)
-        if own is None or own.conn.closed:
+        if own is None or own.conn.closed or time.monotonic() > own.recycle_at:
+            if own is not None:
+                own.close()
             own = self._local.own = self._connect()
         try:
             with own.busy:
@@ -125,7 +134,7 @@ class Direct:
                 ).fetchone()
         except BaseException as e:
             self._local.own = None
-            own.conn.close()
+            own.close()
             if isinstance(e, psycopg.Error):
                 raise _driver_error(e) from e
             raise
@@ -155,7 +164,7 @@ class Direct:
         assert isinstance(conn, psycopg.Connection), "Direct is for PostgreSQL"
         pooled.detach()  # ours from now on: the pool neither counts nor resets it
         conn.autocommit = True
-        own = _Own(conn)
+        own = _Own(conn, recycle_at=time.monotonic() + self._recycle_s)
         self._open.add(own)
         return own
 
@@ -163,11 +172,16 @@ class Direct:
 class _Own:
     """A thread's connection with its cursor; closed when the thread's last reference goes."""
 
-    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+    def __init__(self, conn: psycopg.Connection[Any], *, recycle_at: float) -> None:
         self.conn = conn
+        self.recycle_at = recycle_at
         self.cursor = psycopg.RawCursor(conn)
-        self.busy = threading.Lock()  # held while a statement runs
+        self.busy = threading.Lock()  # held while a statement runs, and to close
         weakref.finalize(self, conn.close)
+
+    def close(self) -> None:
+        with self.busy:
+            self.conn.close()
 
 
 def _driver_error(e: psycopg.Error) -> StoreError:

@@ -60,6 +60,16 @@ def test_each_thread_keeps_a_connection_of_its_own_until_the_engine_is_disposed(
     assert direct.run(BACKEND, {"n": 0})[0] not in pids  # and connects anew afterwards
 
 
+def test_a_connection_older_than_the_recycle_age_is_replaced_before_its_next_statement(
+    engine: Engine,
+) -> None:
+    direct = Direct(engine, recycle_s=0.2)
+    (first, _), (again, _) = direct.run(BACKEND, {"n": 0}), direct.run(BACKEND, {"n": 0})
+    time.sleep(0.3)
+    (later, _) = direct.run(BACKEND, {"n": 0})
+    assert first == again != later and gone(engine, {first})
+
+
 def test_a_failed_statement_is_a_store_error_and_its_connection_is_not_used_again(engine: Engine) -> None:
     direct = Direct(engine)
     (before, _) = direct.run(BACKEND, {"n": 0})
