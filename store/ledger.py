@@ -47,9 +47,6 @@ def _literals(statuses: frozenset[RunStatus]) -> list[Any]:
     return [literal_column(f"'{status.value}'") for status in sorted(statuses)]
 
 
-#: What the hot path reads back from the row it changed: enough for the history row.
-_EVENT_COLUMNS = (_runs.c.id, _runs.c.status, _runs.c.attempt, _runs.c.worker_host, _runs.c.worker_pid)
-
 # The hot path's statements, built once: building and caching them per call cost more CPU than running them.
 # INSERT ... ON CONFLICT (dispatch_key) DO NOTHING RETURNING id: a known key raises no error that
 # would abort a caller's transaction. On PostgreSQL it is `_PG_RECORD`, with the history row.
@@ -85,6 +82,7 @@ _CLAIM = (
         message_id=_p("message_id"),
         lease_token=_p("token"),
         lease_expires_at=_p("expires_at"),
+        claimed_at=_p("now"),
         started_at=_p("now"),
         updated_at=_p("now"),
         finished_at=None,
@@ -93,7 +91,7 @@ _CLAIM = (
         error_type=None,
         error_message=None,
     )
-    .returning(*_EVENT_COLUMNS)
+    .returning(_runs.c.attempt)
 )
 #: A completion's attempt must still hold the run: its lease token, `running`, or `lost` if the reaper
 #: presumed it dead but no other attempt took the run over (that would have changed the token).
@@ -114,15 +112,15 @@ _COMPLETE = (
         lease_token=None,
         lease_expires_at=None,
     )
-    .returning(*_EVENT_COLUMNS)
+    .returning(_runs.c.id)
 )
 
 
 #: How long a claim that found every slot held waits before it looks once more (PostgreSQL only).
 _PG_RECHECK_S = 0.002
-# On PostgreSQL the claim (run, slot and history row) and the completion (mark, history row and
-# slot) are one statement each: a round trip is most of what a guarded message costs, and one
-# statement is one atomic transaction, so a claim needs no BEGIN and COMMIT of its own.
+# On PostgreSQL the claim (run and slot) and the completion (mark and slot) are one statement
+# each: a round trip is most of what a guarded message costs, and one statement is one atomic
+# transaction, so a claim needs no BEGIN and COMMIT of its own.
 _CLAIMABLE_SQL = ", ".join(f"'{s.value}'" for s in sorted(CLAIMABLE - {RunStatus.LOST}))
 _PG_CLAIM = PgStatement(f"""
 WITH run AS MATERIALIZED (
@@ -132,14 +130,11 @@ WITH run AS MATERIALIZED (
 ), {PG_TAKE_SLOT}, claimed AS (
     UPDATE background_function_runs AS r SET
         status = '{RunStatus.RUNNING.value}', attempt = r.attempt + 1, message_id = %(p_message_id)s,
-        lease_token = %(p_token)s, lease_expires_at = %(p_expires_at)s, started_at = %(p_now)s,
-        updated_at = %(p_now)s, finished_at = NULL, worker_host = %(p_host)s, worker_pid = %(p_pid)s,
-        error_type = NULL, error_message = NULL
+        lease_token = %(p_token)s, lease_expires_at = %(p_expires_at)s, claimed_at = %(p_now)s,
+        started_at = %(p_now)s, updated_at = %(p_now)s, finished_at = NULL, worker_host = %(p_host)s,
+        worker_pid = %(p_pid)s, error_type = NULL, error_message = NULL
     FROM run WHERE r.id = run.id AND EXISTS (SELECT FROM slot)
-    RETURNING r.id, r.status, r.attempt, r.worker_host, r.worker_pid
-), event AS (
-    INSERT INTO background_function_run_events (run_id, at, status, attempt, worker_host, worker_pid)
-    SELECT id, %(p_now)s, status, attempt, worker_host, worker_pid FROM claimed
+    RETURNING r.attempt
 )
 SELECT EXISTS (SELECT FROM run), (SELECT attempt FROM claimed)
 """)
@@ -151,10 +146,7 @@ WITH done AS (
         lease_token = NULL, lease_expires_at = NULL
     WHERE dispatch_key = %(p_key)s AND lease_token = %(p_token)s
       AND status IN ({", ".join(f"'{s.value}'" for s in _COMPLETABLE)})
-    RETURNING id, status, attempt, worker_host, worker_pid
-), event AS (
-    INSERT INTO background_function_run_events (run_id, at, status, attempt, worker_host, worker_pid)
-    SELECT id, %(p_now)s, status, attempt, worker_host, worker_pid FROM done
+    RETURNING id
 ), {PG_RELEASE_SLOT}
 SELECT count(*) FROM done
 """)
@@ -395,7 +387,6 @@ class SqlLedger:
         if try_update:  # the common case: one conditional update
             row = conn.execute(_CLAIM, params).one_or_none()
             if row is not None:
-                conn.execute(_INSERT_EVENT, _event_row(row, now))
                 return Claim("claimed", row.attempt, token)
         with Session(bind=conn, expire_on_commit=False) as s:  # joins conn's transaction
             orm_row = _lock(s, new.dispatch_key, missing=new, now=now)
@@ -403,6 +394,7 @@ class SqlLedger:
                 assert orm_row.lease_expires_at is not None
                 if orm_row.lease_expires_at > now:
                     return Claim("busy", orm_row.attempt, run=RunView.of(orm_row))
+                _record_claim(s, orm_row)
                 orm_row.status = RunStatus.LOST
                 _event(s, orm_row, now, detail="lease expired; holder presumed dead")
             if orm_row.status == RunStatus.LOST and orm_row.attempt >= max_attempts:
@@ -418,11 +410,10 @@ class SqlLedger:
             orm_row.status = RunStatus.RUNNING
             orm_row.message_id = new.message_id
             orm_row.lease_token, orm_row.lease_expires_at = token, expires_at
-            orm_row.started_at = orm_row.updated_at = now
+            orm_row.claimed_at = orm_row.started_at = orm_row.updated_at = now
             orm_row.finished_at = None
             orm_row.worker_host, orm_row.worker_pid = params["p_host"], params["p_pid"]
             orm_row.error_type = orm_row.error_message = None
-            _event(s, orm_row, now)
             s.flush()
             return Claim("claimed", orm_row.attempt, token)
 
@@ -448,6 +439,7 @@ class SqlLedger:
             if row.lease_token != token if token is not None else row.status not in CLAIMABLE:
                 return None
             err = (type(error).__name__, str(error)) if error is not None else None
+            _record_claim(s, row)
             _set(row, status, now, error=err, result=result)
             _event(s, row, now, detail=detail or (f"{err[0]}: {err[1]}" if err else None))
             s.commit()
@@ -518,7 +510,6 @@ class SqlLedger:
         row = conn.execute(_COMPLETE, params).one_or_none()
         if row is None:
             return False
-        conn.execute(_INSERT_EVENT, _event_row(row, params["p_now"]))
         self.leases.release(params["p_job"], key=params["p_key"], token=params["p_token"], conn=conn)
         return True
 
@@ -537,6 +528,7 @@ class SqlLedger:
                 .with_for_update(skip_locked=True)
             ).all()
             for row in rows:
+                _record_claim(s, row)
                 row.status = RunStatus.LOST
                 row.updated_at = now
                 _event(s, row, now, detail="reaped: lease expired")
@@ -651,17 +643,32 @@ class SqlLedger:
             return [RunView.of(r) for r in s.scalars(query)]
 
     def events(self, key: str) -> Sequence[EventView]:
-        query = (
-            select(RunEvent)
-            .join(Run, Run.id == RunEvent.run_id)
-            .where(Run.dispatch_key == key)
-            .order_by(RunEvent.id)
-        )
+        """The run's history, oldest first: its history rows, then what only the run row holds.
+
+        The current attempt's claim (`running` at `claimed_at`) and success (`succeeded` at
+        `finished_at`) are not written as history rows on the hot path; a run leaving `running`
+        any other way writes its claim's row first (`_record_claim`).
+        """
         with translate_errors(), self._sessions() as s:
-            return [
+            run = s.scalars(select(Run).where(Run.dispatch_key == key)).one_or_none()
+            if run is None:
+                return []
+            query = select(RunEvent).where(RunEvent.run_id == run.id).order_by(RunEvent.id)
+            history = [
                 EventView(e.at, e.status, e.attempt, e.worker_host, e.worker_pid, e.detail)
                 for e in s.scalars(query)
             ]
+        written = {(e.status, e.attempt) for e in history}
+        on_row = []
+        if run.status in (RunStatus.RUNNING, RunStatus.SUCCEEDED) and run.claimed_at is not None:
+            on_row.append((RunStatus.RUNNING, run.claimed_at))
+        if run.status == RunStatus.SUCCEEDED and run.finished_at is not None:
+            on_row.append((RunStatus.SUCCEEDED, run.finished_at))
+        return history + [
+            EventView(at, status, run.attempt, run.worker_host, run.worker_pid, None)
+            for status, at in on_row
+            if (status, run.attempt) not in written
+        ]
 
     def replay_count(self, run_id: int) -> int:
         with translate_errors(), self._engine.connect() as conn:
@@ -706,7 +713,7 @@ def _new_row(new: NewRun, now: datetime) -> dict[str, Any]:
     }
 
 
-def _event_row(row: Row[Any] | RunView, now: datetime) -> dict[str, Any]:
+def _event_row(row: RunView, now: datetime) -> dict[str, Any]:
     return {
         "run_id": row.id,
         "at": now,
@@ -766,6 +773,25 @@ def _set(
         row.error_message = error[1][:ERROR_CHARS]
     if result is not None:
         row.result = dict(result)
+
+
+def _record_claim(s: Session, row: Run) -> None:
+    """Write the `running` history row of an attempt leaving `running` other than by succeeding.
+
+    Until then the run row held it (`claimed_at`); a row claimed before that column existed
+    wrote its own.
+    """
+    if row.status == RunStatus.RUNNING and row.claimed_at is not None:
+        s.add(
+            RunEvent(
+                run_id=row.id,
+                at=row.claimed_at,
+                status=RunStatus.RUNNING,
+                attempt=row.attempt,
+                worker_host=row.worker_host,
+                worker_pid=row.worker_pid,
+            )
+        )
 
 
 def _event(s: Session, row: Run, now: datetime, *, detail: str | None = None) -> None:

@@ -77,6 +77,9 @@ class Run(Base):
     duplicates: Mapped[int] = mapped_column(default=0)
     deferrals: Mapped[int] = mapped_column(default=0)
     queued_at: Mapped[datetime]
+    #: When the current attempt claimed the run: its `running` history row until the run leaves `running`
+    #: other than by succeeding (see `SqlLedger.events`).
+    claimed_at: Mapped[datetime | None]
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     updated_at: Mapped[datetime]
@@ -96,7 +99,11 @@ class Run(Base):
 
 
 class RunEvent(Base):
-    """Every status change of a run, in order: the ledger's history (lost, then the next attempt)."""
+    """The ledger's history: every status change of a run, in order (lost, then the next attempt).
+
+    Except the current attempt's claim and success, which the run row itself records
+    (`claimed_at`, `finished_at`): `SqlLedger.events` reads the two together.
+    """
 
     __tablename__ = "background_function_run_events"
 

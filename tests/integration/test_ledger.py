@@ -104,8 +104,13 @@ def test_a_live_holder_makes_a_second_copy_wait_and_a_dead_one_is_taken_over(run
     )
     taken = runtime.ledger.claim(new_run(), cap=1, lease_s=60, worker=B, max_attempts=3)
     assert taken.outcome == "claimed" and taken.token != first.token and taken.attempt == 2
-    statuses = [(e.status, e.worker_host) for e in runtime.ledger.events("k")]
-    assert statuses[-2:] == [("lost", "host-a"), ("running", "host-b")]
+    statuses = [(e.status, e.attempt, e.worker_host) for e in runtime.ledger.events("k")]
+    assert statuses == [
+        ("queued", 0, None),
+        ("running", 1, "host-a"),
+        ("lost", 1, "host-a"),
+        ("running", 2, "host-b"),
+    ]
 
 
 def test_an_attempt_reaped_while_it_overran_its_lease_still_succeeds_unless_taken_over(
@@ -121,7 +126,8 @@ def test_an_attempt_reaped_while_it_overran_its_lease_still_succeeds_unless_take
     runtime.ledger.complete_in(None, "slow", slow.token, {"late": 1}, job="test-record", started_at=long_ago)
     run = runtime.ledger.get("slow")
     assert run is not None and (run.status, run.attempt, run.result) == ("succeeded", 1, {"late": 1})
-    assert [e.status for e in runtime.ledger.events("slow")][-2:] == ["lost", "succeeded"]
+    history = [(e.status, e.attempt) for e in runtime.ledger.events("slow")]
+    assert history == [("queued", 0), ("running", 1), ("lost", 1), ("succeeded", 1)]
     runtime.ledger.claim(new_run("taken"), cap=2, lease_s=60, worker=B, max_attempts=3)  # a redelivery
     with pytest.raises(LeaseLost):
         runtime.ledger.complete_in(None, "taken", taken.token, {}, job="test-record", started_at=long_ago)
@@ -151,3 +157,36 @@ def test_an_inline_run_lost_with_its_process_runs_again_on_the_next_trigger(runt
     at(runtime, long_ago).claim(queued_lost, cap=1, lease_s=1, worker=A, max_attempts=3)
     runtime.ledger.reap()
     assert runtime.ledger.record_dispatch(queued_lost)[1], "a queue run's message is redelivered instead"
+
+
+def test_the_history_has_every_transition_though_the_hot_path_writes_only_the_run_row(
+    runtime: Runtime,
+) -> None:
+    t0 = datetime.now(UTC) - timedelta(minutes=10)
+    t = [t0 + timedelta(seconds=i) for i in range(5)]
+    at(runtime, t[0]).record_dispatch(new_run())
+    first = at(runtime, t[1]).claim(new_run(), cap=1, lease_s=60, worker=A, max_attempts=3)
+    assert first.token is not None
+    at(runtime, t[2]).finish("k", RunStatus.RETRYING, token=first.token, error=RuntimeError("boom"))
+    second = at(runtime, t[3]).claim(new_run(), cap=1, lease_s=60, worker=B, max_attempts=3)
+    assert second.token is not None
+    at(runtime, t[4]).complete_in(None, "k", second.token, {}, job="test-record", started_at=t[4])
+
+    history = [(e.status, e.attempt, e.worker_host, e.at) for e in runtime.ledger.events("k")]
+    assert history == [
+        ("queued", 0, None, t[0]),
+        ("running", 1, "host-a", t[1]),
+        ("retrying", 1, "host-a", t[2]),
+        ("running", 2, "host-b", t[3]),
+        ("succeeded", 2, "host-b", t[4]),
+    ]
+    # The current attempt's claim and success are the run row's own: no history row for them.
+    with runtime.engine.connect() as conn:
+        written = conn.execute(
+            text(
+                "SELECT e.status, e.attempt FROM background_function_run_events e"
+                " JOIN background_function_runs r ON r.id = e.run_id"
+                " WHERE r.dispatch_key = 'k' ORDER BY e.id"
+            )
+        ).all()
+    assert [tuple(row) for row in written] == [("queued", 0), ("running", 1), ("retrying", 1)]

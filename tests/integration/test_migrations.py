@@ -1,4 +1,4 @@
-"""Migration 0003 matches the models, and can be undone and redone, on both backends."""
+"""The migrations match the models, and 0003 on can be undone and redone, on both backends."""
 
 from __future__ import annotations
 
@@ -21,8 +21,7 @@ def test_the_migrated_schema_matches_the_models(database_url: str) -> None:
     try:
         with engine.connect() as conn:
             diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
-        ours = [d for d in diff if any(t in repr(d) for t in DOMAIN_TABLES)]
-        assert ours == []
+        assert [d for d in diff if d[0] != "remove_table" or d[1].name in Base.metadata.tables] == []
     finally:
         engine.dispose()
 
