@@ -782,16 +782,7 @@ def _record_claim(s: Session, row: Run) -> None:
     wrote its own.
     """
     if row.status == RunStatus.RUNNING and row.claimed_at is not None:
-        s.add(
-            RunEvent(
-                run_id=row.id,
-                at=row.claimed_at,
-                status=RunStatus.RUNNING,
-                attempt=row.attempt,
-                worker_host=row.worker_host,
-                worker_pid=row.worker_pid,
-            )
-        )
+        _event(s, row, row.claimed_at)
 
 
 def _event(s: Session, row: Run, now: datetime, *, detail: str | None = None) -> None:
