@@ -1,4 +1,4 @@
-"""The migrations match the models, and 0003 on can be undone and redone, on both backends."""
+"""The migrations match the models and can be undone to 0002 and redone, on both backends."""
 
 from __future__ import annotations
 
