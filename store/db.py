@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 from alembic import command
 from alembic.config import Config
+from psycopg import pq
+from psycopg.adapt import PyFormat, Transformer
 from sqlalchemy import Engine, create_engine, event, exc
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -85,6 +88,8 @@ class PgStatement:
     `sql` keeps the named form, for running the same statement through SQLAlchemy.
     """
 
+    _names = itertools.count()
+
     def __init__(self, sql: str) -> None:
         names: list[str] = []
 
@@ -94,16 +99,19 @@ class PgStatement:
             return f"${names.index(match[1]) + 1}"
 
         self.sql = sql
-        self.numbered = _NAMED.sub(number, sql).encode()  # as psycopg sends it: encoded once, not per call
+        self.numbered = _NAMED.sub(number, sql).encode()  # as libpq takes it: encoded once, not per call
         self.names = tuple(names)
+        self.prepared_as = f"offload_{next(self._names)}".encode()
+        self.formats = [PyFormat.TEXT] * len(names)  # typed by the server from where each one is used
 
 
 class Direct:
     """Runs one-row PostgreSQL statements in autocommit, each thread on a connection of its own.
 
-    For the hot paths. psycopg runs the statement directly, prepared on each connection, with its
-    parameters by position: SQLAlchemy's execution, its pool's checkout and reset, and psycopg's
-    own handling of named parameters each cost CPU on the same scale as the round trip. A
+    For the hot paths. Each statement is prepared once per connection and run through psycopg's
+    libpq layer (`psycopg.pq`), its parameters adapted by psycopg's own dumpers and its row by its
+    loaders: SQLAlchemy's execution, its pool's checkout and reset, and psycopg's cursor each cost
+    CPU on the same scale as the round trip, and libpq waits for the server without the GIL. A
     connection that failed anything is closed, and the thread's next statement connects anew, as
     does one older than `recycle_s`. The connections close with their thread, or all at once when
     the engine is disposed.
@@ -129,17 +137,13 @@ class Direct:
             own = self._local.own = self._connect()
         try:
             with own.busy:
-                row = own.cursor.execute(
-                    statement.numbered, [params[name] for name in statement.names], prepare=True
-                ).fetchone()
+                return own.run(statement, params)
         except BaseException as e:
             self._local.own = None
             own.close()
             if isinstance(e, psycopg.Error):
                 raise _driver_error(e) from e
             raise
-        assert row is not None, "a statement that returns one row"
-        return tuple(row)
 
     def close(self) -> None:
         """Close every thread's idle connection; a later statement connects anew.
@@ -170,18 +174,41 @@ class Direct:
 
 
 class _Own:
-    """A thread's connection with its cursor; closed when the thread's last reference goes."""
+    """A thread's connection and the statements prepared on it; closed with the thread's last reference."""
 
     def __init__(self, conn: psycopg.Connection[Any], *, recycle_at: float) -> None:
         self.conn = conn
         self.recycle_at = recycle_at
-        self.cursor = psycopg.RawCursor(conn)
+        self.adapt = Transformer(conn)
+        self.prepared: set[bytes] = set()
         self.busy = threading.Lock()  # held while a statement runs, and to close
         weakref.finalize(self, conn.close)
+
+    def run(self, statement: PgStatement, params: Mapping[str, Any]) -> tuple[Any, ...]:
+        pgconn, name = self.conn.pgconn, statement.prepared_as
+        if name not in self.prepared:
+            _check(pgconn, pgconn.prepare(name, statement.numbered))
+            self.prepared.add(name)
+        values = self.adapt.dump_sequence([params[n] for n in statement.names], statement.formats)
+        # None is SQL NULL here as in psycopg's own calls, though the stub's type leaves it out
+        result = _check(pgconn, pgconn.exec_prepared(name, cast(Sequence[bytes], values)))
+        if result.ntuples != 1:
+            raise psycopg.ProgrammingError(f"a statement that returns one row returned {result.ntuples}")
+        self.adapt.set_pgresult(result)
+        return self.adapt.load_row(0, tuple)
 
     def close(self) -> None:
         with self.busy:
             self.conn.close()
+
+
+def _check(pgconn: pq.abc.PGconn, result: pq.abc.PGresult) -> pq.abc.PGresult:
+    """`result`, unless it is an error: then psycopg's exception for it (OperationalError if disconnected)."""
+    if result.status in (pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK):
+        return result
+    if pgconn.status != pq.ConnStatus.OK:
+        raise psycopg.OperationalError(result.get_error_message() or "the connection was lost")
+    raise psycopg.errors.error_from_result(result)
 
 
 def _driver_error(e: psycopg.Error) -> StoreError:

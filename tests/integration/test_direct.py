@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import UTC, datetime
 from collections.abc import Iterator
 
 import psycopg
@@ -12,7 +13,7 @@ from sqlalchemy import Engine
 
 from store import db
 from store.db import Direct, PgStatement
-from store.errors import StoreError
+from store.errors import StoreError, StoreUnavailable
 from tests.services import Postgres
 from tests.support.procs import wait_for
 
@@ -79,6 +80,29 @@ def test_a_failed_statement_is_a_store_error_and_its_connection_is_not_used_agai
     (after, _) = direct.run(BACKEND, {"n": 0})
     assert after != before and gone(engine, {before})
     assert direct.run(DIVIDE, {"n": 1}) == (1,)
+
+
+def test_a_connection_the_server_ended_is_store_unavailable_and_the_next_statement_connects_anew(
+    engine: Engine,
+) -> None:
+    direct = Direct(engine)
+    (before, _) = direct.run(BACKEND, {"n": 0})
+    with engine.connect() as conn:
+        conn.exec_driver_sql("SELECT pg_terminate_backend(%(p)s)", {"p": before})
+    assert gone(engine, {before})
+    with pytest.raises(StoreUnavailable):
+        direct.run(BACKEND, {"n": 0})
+    (after, n) = direct.run(BACKEND, {"n": 1})
+    assert after != before and n == 2
+
+
+def test_parameters_and_the_row_keep_their_types(engine: Engine) -> None:
+    now = datetime.now(UTC)
+    statement = PgStatement(
+        "SELECT %(t)s::timestamptz, %(s)s::text, %(i)s::int, %(none)s::int IS NULL, %(j)s::json"
+    )
+    row = Direct(engine).run(statement, {"t": now, "s": "é'\\", "i": 7, "none": None, "j": '{"a": [1]}'})
+    assert row == (now, "é'\\", 7, True, {"a": [1]})
 
 
 def test_disposing_the_engine_lets_a_statement_in_flight_finish(engine: Engine) -> None:
