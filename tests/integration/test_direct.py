@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import UTC, datetime
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import psycopg
 import pytest
