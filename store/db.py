@@ -85,7 +85,10 @@ _NAMED = re.compile(r"%\((\w+)\)s")
 class PgStatement:
     """A PostgreSQL statement written with `%(name)s` parameters, numbered once ($1, $2, ...) for `Direct`.
 
-    `sql` keeps the named form, for running the same statement through SQLAlchemy.
+    `Direct` sends the parameters as text and lets the server type each one from where it is
+    used (a column, a function argument): where nothing fixes its type (`SELECT %(x)s`,
+    `%(x)s IS NULL`), write a cast. `sql` keeps the named form, for running the same statement
+    through SQLAlchemy.
     """
 
     _names = itertools.count()
@@ -187,11 +190,11 @@ class _Own:
     def run(self, statement: PgStatement, params: Mapping[str, Any]) -> tuple[Any, ...]:
         pgconn, name = self.conn.pgconn, statement.prepared_as
         if name not in self.prepared:
-            _check(pgconn, pgconn.prepare(name, statement.numbered))
+            _check(self.conn, pgconn.prepare(name, statement.numbered))
             self.prepared.add(name)
         values = self.adapt.dump_sequence([params[n] for n in statement.names], statement.formats)
         # None is SQL NULL here as in psycopg's own calls, though the stub's type leaves it out
-        result = _check(pgconn, pgconn.exec_prepared(name, cast(Sequence[bytes], values)))
+        result = _check(self.conn, pgconn.exec_prepared(name, cast(Sequence[bytes], values)))
         if result.ntuples != 1:
             raise psycopg.ProgrammingError(f"a statement that returns one row returned {result.ntuples}")
         self.adapt.set_pgresult(result)
@@ -202,13 +205,14 @@ class _Own:
             self.conn.close()
 
 
-def _check(pgconn: pq.abc.PGconn, result: pq.abc.PGresult) -> pq.abc.PGresult:
+def _check(conn: psycopg.Connection[Any], result: pq.abc.PGresult) -> pq.abc.PGresult:
     """`result`, unless it is an error: then psycopg's exception for it (OperationalError if disconnected)."""
     if result.status in (pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK):
         return result
-    if pgconn.status != pq.ConnStatus.OK:
-        raise psycopg.OperationalError(result.get_error_message() or "the connection was lost")
-    raise psycopg.errors.error_from_result(result)
+    encoding = conn.info.encoding
+    if conn.pgconn.status != pq.ConnStatus.OK:
+        raise psycopg.OperationalError(result.get_error_message(encoding) or "the connection was lost")
+    raise psycopg.errors.error_from_result(result, encoding)
 
 
 def _driver_error(e: psycopg.Error) -> StoreError:

@@ -659,11 +659,11 @@ class SqlLedger:
                 for e in s.scalars(query)
             ]
         written = {(e.status, e.attempt) for e in history}
-        on_row = []
+        on_row: list[tuple[str, datetime]] = []
         if run.status in (RunStatus.RUNNING, RunStatus.SUCCEEDED) and run.claimed_at is not None:
-            on_row.append((RunStatus.RUNNING, run.claimed_at))
+            on_row.append((RunStatus.RUNNING.value, run.claimed_at))
         if run.status == RunStatus.SUCCEEDED and run.finished_at is not None:
-            on_row.append((RunStatus.SUCCEEDED, run.finished_at))
+            on_row.append((RunStatus.SUCCEEDED.value, run.finished_at))
         return history + [
             EventView(at, status, run.attempt, run.worker_host, run.worker_pid, None)
             for status, at in on_row
@@ -778,11 +778,13 @@ def _set(
 def _record_claim(s: Session, row: Run) -> None:
     """Write the `running` history row of an attempt leaving `running` other than by succeeding.
 
-    Until then the run row held it (`claimed_at`); a row claimed before that column existed
-    wrote its own.
+    Until then the run row held it (`claimed_at`), and it no longer does: a later attempt that
+    does not set `claimed_at` (one claimed by code from before the column, during an upgrade,
+    writes its own row) must not find this attempt's time there.
     """
     if row.status == RunStatus.RUNNING and row.claimed_at is not None:
         _event(s, row, row.claimed_at)
+        row.claimed_at = None
 
 
 def _event(s: Session, row: Run, now: datetime, *, detail: str | None = None) -> None:

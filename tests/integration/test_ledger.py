@@ -6,10 +6,12 @@ import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from alembic import command
 from sqlalchemy import text
 
 from domain.runs import RunStatus
 from offload.wiring import Runtime
+from store import db
 from store import ledger as ledger_module
 from store.errors import LeaseLost
 from store.ledger import NewRun, SqlLedger, Worker
@@ -190,3 +192,82 @@ def test_the_history_has_every_transition_though_the_hot_path_writes_only_the_ru
             )
         ).all()
     assert [tuple(row) for row in written] == [("queued", 0), ("running", 1), ("retrying", 1)]
+
+
+def _history_rows(runtime: Runtime, key: str) -> list[tuple[str, int, str | None]]:
+    with runtime.engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT e.status, e.attempt, e.worker_host FROM background_function_run_events e"
+                " JOIN background_function_runs r ON r.id = e.run_id"
+                " WHERE r.dispatch_key = :k ORDER BY e.id"
+            ),
+            {"k": key},
+        ).all()
+    return [tuple(row) for row in rows]  # type: ignore[misc]
+
+
+def test_undoing_the_claimed_at_migration_writes_what_only_the_run_row_held_as_history_rows(
+    runtime: Runtime,
+) -> None:
+    t = [datetime.now(UTC) - timedelta(minutes=10) + timedelta(seconds=i) for i in range(5)]
+    at(runtime, t[0]).record_dispatch(new_run())
+    first = at(runtime, t[1]).claim(new_run(), cap=1, lease_s=60, worker=A, max_attempts=3)
+    assert first.token is not None
+    at(runtime, t[2]).finish("k", RunStatus.RETRYING, token=first.token, error=RuntimeError("boom"))
+    second = at(runtime, t[3]).claim(new_run(), cap=1, lease_s=60, worker=B, max_attempts=3)
+    assert second.token is not None
+    at(runtime, t[4]).complete_in(None, "k", second.token, {}, job="test-record", started_at=t[4])
+    at(runtime, t[0]).record_dispatch(new_run("running"))
+    running = at(runtime, t[1]).claim(new_run("running"), cap=1, lease_s=60, worker=A, max_attempts=3)
+    assert running.token is not None
+    before = {key: list(runtime.ledger.events(key)) for key in ("k", "running")}
+
+    command.downgrade(db.alembic_config(runtime.engine), "0003")
+    try:
+        assert _history_rows(runtime, "k") == [
+            ("queued", 0, None),
+            ("running", 1, "host-a"),
+            ("retrying", 1, "host-a"),
+            ("running", 2, "host-b"),
+            ("succeeded", 2, "host-b"),
+        ]
+        assert _history_rows(runtime, "running") == [("queued", 0, None), ("running", 1, "host-a")]
+    finally:
+        db.upgrade(runtime.engine)
+    assert {key: list(runtime.ledger.events(key)) for key in before} == before
+
+
+def test_a_later_attempt_that_did_not_set_claimed_at_gets_no_second_running_row(runtime: Runtime) -> None:
+    """During an upgrade past 0004 a process of the code before may claim the next attempt."""
+    t = [datetime.now(UTC) - timedelta(minutes=10) + timedelta(seconds=i) for i in range(4)]
+    at(runtime, t[0]).record_dispatch(new_run())
+    first = at(runtime, t[1]).claim(new_run(), cap=1, lease_s=60, worker=A, max_attempts=3)
+    assert first.token is not None
+    at(runtime, t[2]).finish("k", RunStatus.RETRYING, token=first.token, error=RuntimeError("boom"))
+    with runtime.engine.begin() as conn:  # the code before claims attempt 2 and writes its own row
+        conn.execute(
+            text(
+                "UPDATE background_function_runs SET status = 'running', attempt = 2,"
+                " lease_token = 'old', lease_expires_at = :until, worker_host = 'host-b'"
+                " WHERE dispatch_key = 'k'"
+            ),
+            {"until": t[3] + timedelta(minutes=1)},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO background_function_run_events (run_id, at, status, attempt, worker_host)"
+                " SELECT id, :at, 'running', 2, 'host-b' FROM background_function_runs"
+                " WHERE dispatch_key = 'k'"
+            ),
+            {"at": t[3]},
+        )
+    at(runtime, t[3]).finish("k", RunStatus.RETRYING, token="old", error=RuntimeError("again"))
+
+    assert [(e.status, e.attempt) for e in runtime.ledger.events("k")] == [
+        ("queued", 0),
+        ("running", 1),
+        ("retrying", 1),
+        ("running", 2),
+        ("retrying", 2),
+    ]
