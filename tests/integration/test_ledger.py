@@ -161,11 +161,9 @@ def test_an_inline_run_lost_with_its_process_runs_again_on_the_next_trigger(runt
     assert runtime.ledger.record_dispatch(queued_lost)[1], "a queue run's message is redelivered instead"
 
 
-def test_the_history_has_every_transition_though_the_hot_path_writes_only_the_run_row(
-    runtime: Runtime,
-) -> None:
-    t0 = datetime.now(UTC) - timedelta(minutes=10)
-    t = [t0 + timedelta(seconds=i) for i in range(5)]
+def _retried_then_succeeded(runtime: Runtime) -> list[datetime]:
+    """Run "k" through queued, running (host-a), retrying, running (host-b), succeeded; their times."""
+    t = [datetime.now(UTC) - timedelta(minutes=10) + timedelta(seconds=i) for i in range(5)]
     at(runtime, t[0]).record_dispatch(new_run())
     first = at(runtime, t[1]).claim(new_run(), cap=1, lease_s=60, worker=A, max_attempts=3)
     assert first.token is not None
@@ -173,6 +171,13 @@ def test_the_history_has_every_transition_though_the_hot_path_writes_only_the_ru
     second = at(runtime, t[3]).claim(new_run(), cap=1, lease_s=60, worker=B, max_attempts=3)
     assert second.token is not None
     at(runtime, t[4]).complete_in(None, "k", second.token, {}, job="test-record", started_at=t[4])
+    return t
+
+
+def test_the_history_has_every_transition_though_the_hot_path_writes_only_the_run_row(
+    runtime: Runtime,
+) -> None:
+    t = _retried_then_succeeded(runtime)
 
     history = [(e.status, e.attempt, e.worker_host, e.at) for e in runtime.ledger.events("k")]
     assert history == [
@@ -210,14 +215,7 @@ def _history_rows(runtime: Runtime, key: str) -> list[tuple[str, int, str | None
 def test_undoing_the_claimed_at_migration_writes_what_only_the_run_row_held_as_history_rows(
     runtime: Runtime,
 ) -> None:
-    t = [datetime.now(UTC) - timedelta(minutes=10) + timedelta(seconds=i) for i in range(5)]
-    at(runtime, t[0]).record_dispatch(new_run())
-    first = at(runtime, t[1]).claim(new_run(), cap=1, lease_s=60, worker=A, max_attempts=3)
-    assert first.token is not None
-    at(runtime, t[2]).finish("k", RunStatus.RETRYING, token=first.token, error=RuntimeError("boom"))
-    second = at(runtime, t[3]).claim(new_run(), cap=1, lease_s=60, worker=B, max_attempts=3)
-    assert second.token is not None
-    at(runtime, t[4]).complete_in(None, "k", second.token, {}, job="test-record", started_at=t[4])
+    t = _retried_then_succeeded(runtime)
     at(runtime, t[0]).record_dispatch(new_run("running"))
     running = at(runtime, t[1]).claim(new_run("running"), cap=1, lease_s=60, worker=A, max_attempts=3)
     assert running.token is not None
