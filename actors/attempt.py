@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
+from domain.runs import Mode, Trigger
 from store.ledger import NewRun, Worker
 
 #: The attempt the current worker thread is running, set by Dedup for the actor body.
@@ -74,8 +75,8 @@ def new_run(broker: Any, message: Any) -> NewRun:
         dispatch_key=key,
         message_id=message.message_id,
         correlation_id=message.options.get("correlation_id") or message.message_id,
-        trigger=message.options.get("trigger", "cli"),
-        mode="queue",
+        trigger=message.options.get("trigger", Trigger.CLI),
+        mode=Mode.QUEUE,
         slot=None,
         params=params,
     )

@@ -195,7 +195,7 @@ class Dispatcher:
         )
 
     def replay(self, key: str, *, correlation_id: str | None = None) -> Dispatch:
-        """Dispatch a dead, failed or lost run again as a new run with `replay_of` lineage.
+        """Dispatch a dead, failed, lost or missed run again as a new run with `replay_of` lineage.
 
         The new key is `<key>~replay<n>`, n counting this run's replays, so two operators replaying
         the same run at once get one replay.

@@ -45,8 +45,6 @@ class AppointmentStatus(StrEnum):
 TERMINAL = frozenset({LeadStatus.BOUNCED, LeadStatus.UNSUBSCRIBED})
 #: Statuses in which a lead still gets follow-ups.
 FOLLOWUP_ELIGIBLE = frozenset({LeadStatus.NEW, LeadStatus.CONTACTED})
-#: Statuses that stop a follow-up sequence (the lead answered or can no longer be written to).
-STOPS_FOLLOWUPS = frozenset(LeadStatus) - FOLLOWUP_ELIGIBLE
 _PROGRESS = [
     LeadStatus.NEW,
     LeadStatus.CONTACTED,

@@ -121,6 +121,7 @@ def _guarded(
 ) -> tuple[Drained, Drained]:
     """The guarded drain, then the floor measured on the runs it left."""
     from domain.registry import JOBS, JobSpec
+    from domain.runs import Trigger
     from offload.wiring import build
     from store import db
 
@@ -137,7 +138,7 @@ def _guarded(
     db.upgrade(rt.engine)
     try:
         for i in range(messages):
-            rt.dispatcher.dispatch(spec.name, trigger="cli", params={"i": i}, inline=False)
+            rt.dispatcher.dispatch(spec.name, trigger=Trigger.CLI, params={"i": i}, inline=False)
         drained = _drain(rt.broker, spec.queue, messages, threads=threads, timeout_s=timeout_s)
         succeeded = rt.ledger.counts().get((spec.name, "succeeded"), 0)
         if succeeded != messages:

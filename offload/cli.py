@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from domain.runs import RunStatus
+from domain.runs import RunStatus, Trigger
 from offload.settings import Settings, SettingsError, redact
 
 
@@ -153,7 +153,7 @@ def dispatch(ctx: Ctx, job: str, inline: bool | None, params: tuple[str, ...]) -
 
     runtime = ctx.runtime
     try:
-        d = runtime.dispatcher.dispatch(job, trigger="cli", params=_params(params), inline=inline)
+        d = runtime.dispatcher.dispatch(job, trigger=Trigger.CLI, params=_params(params), inline=inline)
     except UnknownJob:
         raise click.UsageError(f"unknown job {job!r}; known: {', '.join(runtime.registry.names)}") from None
     except PublishFailed as e:

@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 
 from domain.model import AppointmentStatus, Interval, SequenceStep, local_at
 from domain.ports import Booking
-from domain.runs import FINAL
+from domain.runs import FINAL, Trigger
 from domain.webhook_drain import OPEN
 from domain.webhooks import KNOWN_TYPES, EmailWebhook
 from ingress.intake import WebhookIntake
@@ -294,7 +294,7 @@ def run_demo(
     echo(f"dispatching {len(JOB_ORDER)} jobs ({mode} mode):")
     runs = []
     for job in JOB_ORDER:
-        d = runtime.dispatcher.dispatch(job, trigger="cli", inline=inline)
+        d = runtime.dispatcher.dispatch(job, trigger=Trigger.CLI, inline=inline)
         run = runtime.ledger.get(d.dispatch_key)
         if not inline and not d.duplicate:
             run = _wait_final(runtime, d.dispatch_key, timeout_s=timeout_s)

@@ -250,9 +250,6 @@ class SqlLeads:
         self._s.flush()
         return _campaign(row)
 
-    def get_campaign(self, campaign_id: int) -> Campaign:
-        return _campaign(self._s.get_one(CampaignRow, campaign_id))
-
     def for_slot_push(self, *, checked_before: datetime, limit: int) -> list[Lead]:
         rows = self._s.scalars(
             select(LeadRow)
