@@ -9,11 +9,11 @@ import threading
 
 
 class Proxy:
-    """Forwards 127.0.0.1:<port> to `target`; `cut()` drops every connection and refuses new ones."""
+    """Forwards `listen_host`:<port> to `target`; `cut()` drops every connection and refuses new ones."""
 
-    def __init__(self, target_host: str, target_port: int) -> None:
+    def __init__(self, target_host: str, target_port: int, *, listen_host: str = "127.0.0.1") -> None:
         self.target = (target_host, target_port)
-        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener = socket.create_server((listen_host, 0))
         self.port: int = self._listener.getsockname()[1]
         self._up = threading.Event()
         self._up.set()
