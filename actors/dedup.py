@@ -8,7 +8,7 @@ from typing import Any
 from dramatiq.middleware import Middleware, SkipMessage
 
 from actors import attempt
-from actors.defer import defer
+from actors.defer import DEFERRALS, WAITING_SINCE, defer
 from store.errors import StoreError
 from store.ledger import SqlLedger
 
@@ -56,6 +56,10 @@ class Dedup(Middleware):
                 detail=f"store unavailable: {e}",
             )
         if claim.outcome == "claimed":
+            # A wait ends with the claim: a retry of this attempt, re-enqueued with these options,
+            # waits on a clock of its own.
+            message.options.pop(WAITING_SINCE, None)
+            message.options.pop(DEFERRALS, None)
             state.token, state.holds_slot = claim.token, True
             attempt.current.set(state)
             return
@@ -65,14 +69,17 @@ class Dedup(Middleware):
         assert claim.run is not None, "a refused claim says why"
         if claim.outcome == "busy":
             assert claim.run.lease_expires_at is not None
-            wait_ms = int((claim.run.lease_expires_at.timestamp() - attempt.now_ms() / 1000) * 1000) + 100
+            lease_end_ms = int(claim.run.lease_expires_at.timestamp() * 1000)
+            # Waiting for a live holder is not counted: a redelivered copy of a message whose worker
+            # died carries the stamp of any wait it had before it claimed, and must outlast the lease.
             defer(
                 broker,
                 message,
-                delay_ms=max(100, min(self.busy_delay_ms, wait_ms)),
+                delay_ms=max(100, min(self.busy_delay_ms, lease_end_ms - attempt.now_ms() + 100)),
                 max_wait_ms=max_wait_ms,
                 status="running",
                 detail="another attempt holds the key",
+                free_until_ms=lease_end_ms,
             )
         if claim.outcome == "exhausted":
             message.fail()
