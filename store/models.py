@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, time
 from typing import Any
 
@@ -40,18 +41,23 @@ class UtcDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+#: What no store takes in text: NUL (PostgreSQL) and lone surrogates (UTF-8, in every driver).
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
 class OutcomeText(TypeDecorator[str]):
     """Text the program writes about an outcome (errors, reasons), stored with NUL as U+FFFD.
 
-    Error texts quote other systems' answers, and PostgreSQL refuses NUL in text: without this, the
-    write that records a failure would fail on the failure's own text.
+    Error texts quote other systems' answers (bytes decoded with `surrogateescape` leave lone
+    surrogates), and the stores refuse NUL or lone surrogates in text: without this, the write that
+    records a failure would fail on the failure's own text. Each becomes U+FFFD.
     """
 
     impl = Text
     cache_ok = True
 
     def process_bind_param(self, value: str | None, dialect: Any) -> str | None:
-        return value.replace("\x00", "\ufffd") if value else value
+        return _UNSTORABLE.sub("\ufffd", value) if value else value
 
 
 class Base(DeclarativeBase):

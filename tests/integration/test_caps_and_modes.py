@@ -90,13 +90,14 @@ def test_inline_failure_is_recorded_failed_with_the_error(runtime: Runtime) -> N
     assert runtime.leases.held("test-explode") == 0
 
 
-def test_an_error_text_with_control_characters_is_recorded(runtime: Runtime) -> None:
-    """PostgreSQL refuses NUL in text: an error quoting a provider's binary answer must still be recorded."""
-    error = "HTTP 502: \x00\x01binary\x00 page"
+def test_an_error_text_no_store_takes_is_recorded(runtime: Runtime) -> None:
+    """An error quoting a provider's binary answer must still be recorded: PostgreSQL refuses NUL in
+    text, and neither driver encodes the lone surrogate that `surrogateescape` leaves of a bad byte."""
+    error = "HTTP 502: \x00\x01binary\x00 page " + b"caf\xe9".decode("utf-8", "surrogateescape")
     d = runtime.dispatcher.dispatch("test-explode", trigger="cli", params={"error": error}, inline=True)
     run = runtime.ledger.get(d.dispatch_key)
     assert run is not None and (run.status, run.error_type) == ("failed", "RuntimeError")
-    assert run.error_message == "HTTP 502: \ufffd\x01binary\ufffd page"
+    assert run.error_message == "HTTP 502: \ufffd\x01binary\ufffd page caf\ufffd"
     assert [e.detail for e in runtime.ledger.events(d.dispatch_key)][
         -1
     ] == f"RuntimeError: {run.error_message}"
