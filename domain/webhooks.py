@@ -6,7 +6,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 #: Event types that have a handler; any other type is stored and marked ignored.
 KNOWN_TYPES = ("EMAIL_SENT", "LEAD_REPLIED", "EMAIL_BOUNCED", "LEAD_UNSUBSCRIBED")
@@ -19,18 +19,28 @@ _NEEDS_MESSAGE = ("EMAIL_SENT", "LEAD_REPLIED")
 PrintableText = Annotated[str, Field(pattern=r"^[^\x00-\x1f\x7f]+$")]
 #: Any other text the handlers store: PostgreSQL refuses NUL in text.
 StorableText = Annotated[str, Field(pattern=r"^[^\x00]*$")]
+EMAIL_CHARS = 320
+
+
+def _fits_lower_cased(email: str) -> str:
+    # Events are ordered and matched by the address lower-cased, which can be longer ("İ" is two).
+    if len(email.lower()) > EMAIL_CHARS:
+        raise ValueError(f"the address lower-cased is longer than {EMAIL_CHARS} characters")
+    return email
 
 
 class EventMeta(BaseModel):
     id: PrintableText = Field(min_length=1, max_length=200)
     type: PrintableText = Field(min_length=1, max_length=100)
-    created_at: datetime | None = None
+    created_at: AwareDatetime | None = None
 
 
 class Lead(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    email: str = Field(min_length=3, max_length=320, pattern=r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+$")
+    email: Annotated[str, AfterValidator(_fits_lower_cased)] = Field(
+        min_length=3, max_length=EMAIL_CHARS, pattern=r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+$"
+    )
     id: PrintableText | None = Field(
         default=None, max_length=200, description="the sending platform's lead id"
     )
@@ -46,7 +56,7 @@ class Message(BaseModel):
     id: PrintableText = Field(min_length=1, max_length=300, description="provider message id")
     thread_id: PrintableText | None = None
     subject: StorableText | None = None
-    at: datetime = Field(description="when it was sent or received")
+    at: AwareDatetime = Field(description="when it was sent or received, with its UTC offset")
     sequence_step: int | None = None
 
 

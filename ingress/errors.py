@@ -77,9 +77,14 @@ class JobFailed(ApiError):
     code = "job_failed"
 
 
+def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
+    """The JSON of every error answer, the server's own refusals included."""
+    return {"error": {"code": code, "message": message, "details": details}}
+
+
 def render(resp: falcon.Response, status: str, code: str, message: str, details: Any = None) -> None:
     resp.status = status
-    resp.media = {"error": {"code": code, "message": message, "details": details}}
+    resp.media = error_body(code, message, details)
 
 
 def api_error(req: falcon.Request, resp: falcon.Response, ex: ApiError, params: dict[str, Any]) -> None:

@@ -12,13 +12,13 @@ from ingress.auth import SHARED_SECRET_HEADER
 from ingress.correlation import HEADER as CORRELATION_HEADER
 
 _ERROR_CODES = {
-    400: "malformed_json",
+    400: "malformed_json, bad_request",
     401: "unauthorized",
     404: "unknown_job, not_found",
-    413: "payload_too_large",
+    413: "payload_too_large (details: {limit_bytes})",
     422: "invalid_payload (details: [{path, message}])",
-    500: "job_failed (inline run), internal_error",
-    503: "broker_unavailable, database_unavailable, database_error, not_configured, not_ready",
+    500: "job_failed (inline run), database_error, internal_error",
+    503: "broker_unavailable, database_unavailable, not_configured, not_ready",
 }
 
 
@@ -65,7 +65,7 @@ def document(*, jobs: Sequence[str], version: str = "0.1.0") -> dict[str, Any]:
             "202": _json("QueuedAnswer", "Queued (or a duplicate of this slot's run)"),
             "401": _error(401, "Missing or wrong bearer token"),
             "404": _error(404, "Unknown job; details.known_jobs lists them"),
-            "500": _error(500, "The inline run failed"),
+            "500": _error(500, "The inline run failed, or the database refused the dispatch"),
             "503": _error(503, "Broker unreachable, database down, or no cron secret configured"),
         },
     }
@@ -110,10 +110,11 @@ def document(*, jobs: Sequence[str], version: str = "0.1.0") -> dict[str, Any]:
                         "202": _json(
                             "WebhookAccepted", "Stored; queued tells whether the drain is on its way"
                         ),
-                        "400": _error(400, "Malformed JSON; nothing stored"),
+                        "400": _error(400, "Malformed JSON or a malformed request; nothing stored"),
                         "401": _error(401, "Bad or missing signature, stale timestamp, wrong shared secret"),
                         "413": _error(413, "Body larger than the cap; not read past it"),
                         "422": _error(422, "Wrong shape; nothing stored"),
+                        "500": _error(500, "The database refused the event; nothing stored"),
                         "503": _error(503, "Database down (retry later) or no webhook secret configured"),
                     },
                 }

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import falcon
+import pydantic_core
 from pydantic import ValidationError
 
 from domain.webhooks import CORRELATION_HEADER, EmailWebhook
@@ -52,11 +53,14 @@ class EmailWebhooks:
 def parse(raw: bytes) -> EmailWebhook:
     """The payload, or MalformedJson (400) / InvalidPayload (422) listing every bad field's path."""
     try:
+        # Strict JSON first: the model's own parse takes NaN and Infinity, which JSON has not.
+        pydantic_core.from_json(raw, allow_inf_nan=False)
+    except ValueError as e:
+        raise MalformedJson(f"the body is not valid JSON: {e}") from None
+    try:
         return EmailWebhook.model_validate_json(raw)
     except ValidationError as e:
         errors = e.errors(include_url=False, include_input=False)
-        if any(err["type"] == "json_invalid" for err in errors):
-            raise MalformedJson(f"the body is not valid JSON: {errors[0]['msg']}") from None
         details: list[dict[str, Any]] = [
             {"path": ".".join(str(part) for part in err["loc"]) or "(body)", "message": err["msg"]}
             for err in errors

@@ -82,6 +82,13 @@ class Settings(BaseSettings):
             return "postgresql+psycopg" + value[len(scheme) :]
         return value
 
+    @field_validator("cron_secret", "webhook_shared_secret", "webhook_signing_secret", mode="before")
+    @classmethod
+    def _strip(cls, value: object) -> object:
+        # A secret read from a file often ends in a newline, and a header can carry no surrounding
+        # whitespace (servers strip it): kept, the secret could never be presented.
+        return value.strip() if isinstance(value, str) else value
+
     @field_validator("cron_secret", "webhook_shared_secret")
     @classmethod
     def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:

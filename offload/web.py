@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import threading
 import time
+import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import click
@@ -70,21 +72,55 @@ def broker_probe(url: str, *, timeout_s: float = BROKER_PROBE_TIMEOUT_S) -> Call
     return probe
 
 
-def make_server(app: Any, settings: Settings, *, host: str, port: int, threads: int) -> Any:
-    """A waitress server; the request body limit backs up the app's own cap for huge bodies."""
-    from waitress.server import create_server
+def make_server(app: Any, *, body_cap_bytes: int, host: str, port: int, threads: int) -> Any:
+    """A waitress server that refuses a body over `body_cap_bytes` itself, in the app's error shape.
 
-    return create_server(
+    waitress reads a whole body before the app sees it, so the cap is its own limit too: a
+    Content-Length over the cap is refused before the body is read. A chunked body is counted with
+    its chunks' framing.
+    """
+    from waitress.channel import HTTPChannel
+    from waitress.server import create_server
+    from waitress.task import ErrorTask
+
+    from ingress.correlation import HEADER as CORRELATION_HEADER
+    from ingress.errors import PayloadTooLarge, error_body
+
+    class JsonErrorTask(ErrorTask):
+        """waitress's own refusals (a body over the cap, a malformed request) as the app's errors."""
+
+        def execute(self) -> None:
+            error: Any = cast(Any, self.request).error  # the stubs type the parser as its error
+            if error.code == 413:
+                too_large = PayloadTooLarge(f"the body is larger than {body_cap_bytes} bytes")
+                answer = error_body(too_large.code, too_large.message, {"limit_bytes": body_cap_bytes})
+            else:
+                answer = error_body(error.reason.lower().replace(" ", "_"), error.body)
+            body = json.dumps(answer).encode()
+            self.status = f"{error.code} {error.reason}"
+            self.response_headers = [
+                ("Content-Type", "application/json"),
+                (CORRELATION_HEADER, uuid.uuid4().hex),
+            ]
+            self.set_close_on_finish()
+            self.content_length = len(body)
+            self.write(body)
+
+    class Channel(HTTPChannel):
+        error_task_class = JsonErrorTask
+
+    server: Any = create_server(
         app,
         host=host,
         port=port,
         threads=threads,
         ident="offload",
-        # waitress buffers a body before the app sees it: refuse absurd ones at the socket.
-        max_request_body_size=max(4 * settings.webhook_body_cap_bytes, 1 << 20),
+        max_request_body_size=body_cap_bytes + 1,  # waitress refuses a length >= this
         channel_timeout=60,
         connection_limit=max(100, threads * 16),
     )
+    server.channel_class = Channel
+    return server
 
 
 def serve(server: Any, *, stop: threading.Event, drain_s: float = DRAIN_S) -> None:
@@ -111,7 +147,8 @@ def run(runtime: Any, *, host: str, port: int, threads: int) -> None:
     """Serve `runtime` until SIGTERM or SIGINT, then stop gracefully and close the runtime."""
     # waitress warns "Task queue depth is N" whenever a request waits for a thread: routine under load.
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
-    server = make_server(make_app(runtime), runtime.settings, host=host, port=port, threads=threads)
+    cap = runtime.settings.webhook_body_cap_bytes
+    server = make_server(make_app(runtime), body_cap_bytes=cap, host=host, port=port, threads=threads)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:

@@ -6,6 +6,7 @@ import http.client
 import json
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from offload.settings import Settings
+from offload.web import make_server, serve
 from offload.wiring import Runtime
 from tests.ingress.conftest import AUTH, queued_messages, stored_events
 from tests.services import Rabbit
@@ -25,6 +27,7 @@ from tests.support.procs import ROOT, Workers, env_for, wait_for
 from tests.support.webhooks import CRON_SECRET, SIGNING_SECRET, encode, payload, signed
 
 LISTENING = re.compile(r"listening on http://([^:]+):(\d+)")
+WEBHOOK = "/api/webhooks/email"
 
 
 @contextmanager
@@ -161,3 +164,63 @@ def test_sigterm_lets_a_request_in_flight_finish_then_stops(
         assert "offload web stopped" in log.read_text()
     [event] = stored_events(runtime)
     assert event.status == "processed"
+
+
+@contextmanager
+def server_over_sink(cap: int) -> Iterator[int]:
+    """`make_server` over an app that reads the body and answers 204: only the server refuses."""
+
+    def sink(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        environ["wsgi.input"].read()
+        start_response("204 No Content", [])
+        return []
+
+    server = make_server(sink, body_cap_bytes=cap, host="127.0.0.1", port=0, threads=2)
+    stop = threading.Event()
+    thread = threading.Thread(target=serve, args=(server,), kwargs={"stop": stop, "drain_s": 1.0})
+    thread.start()
+    try:
+        yield int(server.effective_port)
+    finally:
+        stop.set()
+        server.pull_trigger()
+        thread.join(timeout=15)
+
+
+def raw_exchange(port: int, head: list[str], body: bytes = b"") -> tuple[str, dict[str, str], bytes]:
+    """Send `head` (the request line and headers) and `body` as they are; the status line, headers, body."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(("\r\n".join([*head, "Connection: close", "", ""])).encode("latin-1") + body)
+        raw = b""
+        while chunk := s.recv(65536):
+            raw += chunk
+    status, _, rest = raw.partition(b"\r\n")
+    fields, _, data = rest.partition(b"\r\n\r\n")
+    headers = dict(line.split(": ", 1) for line in fields.decode("latin-1").lower().split("\r\n"))
+    return status.decode(), headers, data
+
+
+def test_the_server_refuses_an_announced_body_over_the_cap_before_reading_it_in_the_json_shape() -> None:
+    cap = 1000
+    with server_over_sink(cap) as port:
+        post = [f"POST {WEBHOOK} HTTP/1.1", "Host: x"]
+        # Headers only: the server answers without waiting for the announced body.
+        status, headers, data = raw_exchange(port, [*post, f"Content-Length: {cap + 1}"])
+        assert status == "HTTP/1.1 413 Request Entity Too Large"
+        assert headers["content-type"] == "application/json" and headers["x-correlation-id"]
+        assert json.loads(data) == {
+            "error": {
+                "code": "payload_too_large",
+                "message": f"the body is larger than {cap} bytes",
+                "details": {"limit_bytes": cap},
+            }
+        }
+        assert (
+            raw_exchange(port, [*post, f"Content-Length: {cap}"], b"x" * cap)[0] == "HTTP/1.1 204 No Content"
+        )
+        chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (cap + 1, b"x" * (cap + 1))
+        status, _, data = raw_exchange(port, [*post, "Transfer-Encoding: chunked"], chunked)
+        assert status.startswith("HTTP/1.1 413") and json.loads(data)["error"]["code"] == "payload_too_large"
+        status, headers, data = raw_exchange(port, [*post, "Content-Length: ten"])
+        assert status == "HTTP/1.1 400 Bad Request" and headers["content-type"] == "application/json"
+        assert json.loads(data)["error"]["code"] == "bad_request"

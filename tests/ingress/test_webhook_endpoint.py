@@ -129,7 +129,9 @@ def test_a_body_at_the_cap_is_read(client: testing.TestClient, web_runtime: Runt
 
 
 @pytest.mark.parametrize(
-    "raw", [b"{", b"not json", b"\xff\xfe{}", b""], ids=["truncated", "text", "binary", "empty"]
+    "raw",
+    [b"{", b"not json", b"\xff\xfe{}", b"", encode(payload("e"))[:-1] + b', "score": NaN}', b"[Infinity]"],
+    ids=["truncated", "text", "binary", "empty", "nan", "infinity"],
 )
 def test_malformed_json_is_400_and_nothing_is_stored(
     client: testing.TestClient, web_runtime: Runtime, rabbit: Rabbit, raw: bytes
@@ -159,6 +161,13 @@ def test_malformed_json_is_400_and_nothing_is_stored(
             {**payload("e"), "message": {"id": "m", "at": "2026-01-05T09:00:00Z", "subject": "\u0000"}},
             ["message.subject"],
         ),
+        ({**payload("e"), "message": {"id": "m", "at": "2026-01-05T09:00:00"}}, ["message.at"]),
+        (
+            {**payload("e"), "event": {"id": "e", "type": "X", "created_at": "2026-01-05 09:00"}},
+            ["event.created_at"],
+        ),
+        # 320 characters, but 638 lower-cased: the address events are ordered by must fit its column
+        (payload("e", email="\u0130" * 318 + "@x"), ["lead.email"]),
     ],
     ids=[
         "array",
@@ -173,6 +182,9 @@ def test_malformed_json_is_400_and_nothing_is_stored(
         "nul-in-email",
         "nul-in-name",
         "nul-in-subject",
+        "time-without-offset",
+        "created-without-offset",
+        "email-longer-lower-cased",
     ],
 )
 def test_wrong_shape_is_422_with_the_field_paths_and_nothing_is_stored(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from ingress.auth import CronAuth
 from offload.settings import Settings, SettingsError
 from tests.support.procs import run_cli
 
@@ -79,3 +80,18 @@ def test_a_refused_write_is_a_500_and_an_unreachable_database_a_503() -> None:
         resp = falcon.Response()
         store_error(testing.create_req(), resp, error, {})
         assert resp.status == status
+
+
+def test_a_secret_read_with_a_trailing_newline_is_the_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A header carries no surrounding whitespace: a secret file's newline would make the secret unusable."""
+    secret, signing = "cron-secret-0123456789abcdef", "whsec_" + "MDEyMzQ1Njc4OWFiY2RlZg=="
+    monkeypatch.setenv("CRON_SECRET", f" {secret}\n")
+    monkeypatch.setenv("OFFLOAD_WEBHOOK_SHARED_SECRET", f"{secret}\n")
+    monkeypatch.setenv("OFFLOAD_WEBHOOK_SIGNING_SECRET", f"{signing}\n")
+    settings = Settings.load()
+    assert settings.cron_secret is not None and settings.cron_secret.get_secret_value() == secret
+    assert settings.webhook_shared_secret is not None
+    assert settings.webhook_shared_secret.get_secret_value() == secret
+    assert settings.webhook_signing_secret is not None
+    assert settings.webhook_signing_secret.get_secret_value() == signing
+    CronAuth(secret=secret).check(f"Bearer {secret}")
