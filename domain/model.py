@@ -209,16 +209,17 @@ def zone(name: str) -> ZoneInfo:
     """The IANA zone `name`; an unknown name is bad data, not a retryable fault."""
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError) as e:
-        raise PermanentError(f"unknown time zone {name!r}") from e
+    # OSError: a region's name is a directory of the zone database ("America"), or a name too long
+    except (ZoneInfoNotFoundError, ValueError, OSError) as e:
+        raise PermanentError(f"unknown time zone {name[:100]!r}") from e
 
 
 def is_zone(name: str | None) -> bool:
     if not name:
         return False
     try:
-        ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+        zone(name)
+    except PermanentError:
         return False
     return True
 

@@ -139,10 +139,11 @@ def test_a_second_outbound_email_does_not_start_a_second_sequence(store: Store) 
     assert len(store.rows("messages")) == 2
 
 
-def test_an_unknown_time_zone_from_the_platform_is_not_stored(store: Store) -> None:
+@pytest.mark.parametrize("tz", ["Mars/Olympus", "America", "America/" + "x" * 300])
+def test_an_unknown_time_zone_from_the_platform_is_not_stored(store: Store, tz: str) -> None:
     client = add_client(store)
     add_sequence(store, client)
-    apply(store, sent(NOW, time_zone="Mars/Olympus"))
+    apply(store, sent(NOW, time_zone=tz))
     [lead] = store.rows("leads")
     assert lead["time_zone"] is None
 
@@ -158,6 +159,7 @@ def test_an_event_for_an_unknown_workspace_is_a_permanent_error_and_writes_nothi
     ("changes", "message"),
     [
         ({"time_zone": "Mars/Olympus"}, "unknown time zone"),
+        ({"time_zone": "America"}, "unknown time zone"),
         ({"start": 17, "end": 9}, "start before they end"),
     ],
 )
