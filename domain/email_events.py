@@ -7,6 +7,7 @@ from datetime import datetime
 from domain.errors import PermanentError
 from domain.model import (
     FOLLOWUP_ELIGIBLE,
+    SUBJECT_CHARS,
     Client,
     Direction,
     Lead,
@@ -65,7 +66,7 @@ def email_sent(uow: UnitOfWork, event: EmailWebhook, now: datetime) -> None:
         direction=Direction.OUTBOUND,
         provider_message_id=message.id,
         thread_id=message.thread_id,
-        subject=message.subject,
+        subject=message.subject[:SUBJECT_CHARS] if message.subject else message.subject,
         at=message.at,
     )
     status = _move(uow, lead, LeadStatus.CONTACTED)
@@ -97,7 +98,7 @@ def lead_replied(uow: UnitOfWork, event: EmailWebhook, now: datetime) -> None:
         direction=Direction.INBOUND,
         provider_message_id=message.id,
         thread_id=message.thread_id,
-        subject=message.subject,
+        subject=message.subject[:SUBJECT_CHARS] if message.subject else message.subject,
         at=message.at,
     )
     _move(uow, lead, LeadStatus.REPLIED)

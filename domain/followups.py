@@ -13,6 +13,7 @@ from domain.context import JobContext
 from domain.errors import PermanentError, TransientError
 from domain.model import (
     FOLLOWUP_ELIGIBLE,
+    SUBJECT_CHARS,
     Client,
     Direction,
     FollowupTask,
@@ -82,7 +83,7 @@ def send_due_followups(
             idempotency_key=task.idempotency_key,
             workspace_id=client.workspace_id,
             to_email=lead.email,
-            subject=render(step.subject, lead),
+            subject=render(step.subject, lead)[:SUBJECT_CHARS],  # as sent, so as recorded
             body=render(step.body, lead),
             thread_id=task.thread_id,
         )

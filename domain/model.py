@@ -45,6 +45,8 @@ class AppointmentStatus(StrEnum):
 TERMINAL = frozenset({LeadStatus.BOUNCED, LeadStatus.UNSUBSCRIBED})
 #: Statuses in which a lead still gets follow-ups.
 FOLLOWUP_ELIGIBLE = frozenset({LeadStatus.NEW, LeadStatus.CONTACTED})
+#: The longest subject a message keeps (an email's may be longer; the record keeps its start).
+SUBJECT_CHARS = 500
 _PROGRESS = [
     LeadStatus.NEW,
     LeadStatus.CONTACTED,

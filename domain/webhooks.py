@@ -44,17 +44,17 @@ class Lead(BaseModel):
     id: PrintableText | None = Field(
         default=None, max_length=200, description="the sending platform's lead id"
     )
-    first_name: StorableText | None = None
-    last_name: StorableText | None = None
-    time_zone: StorableText | None = None
-    campaign_id: PrintableText | None = None
+    first_name: StorableText | None = Field(default=None, max_length=200)
+    last_name: StorableText | None = Field(default=None, max_length=200)
+    time_zone: StorableText | None = None  # an unknown zone is dropped, not refused
+    campaign_id: PrintableText | None = Field(default=None, max_length=200)
 
 
 class Message(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     id: PrintableText = Field(min_length=1, max_length=300, description="provider message id")
-    thread_id: PrintableText | None = None
+    thread_id: PrintableText | None = Field(default=None, max_length=300)
     subject: StorableText | None = None
     at: AwareDatetime = Field(description="when it was sent or received, with its UTC offset")
     sequence_step: int | None = None

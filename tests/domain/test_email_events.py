@@ -9,6 +9,7 @@ import pytest
 
 from domain.email_events import HANDLERS
 from domain.errors import PermanentError
+from domain.model import SUBJECT_CHARS
 from domain.webhooks import EmailWebhook
 from tests.domain.conftest import NOW, add_client, add_sequence
 from tests.support.domain_data import Store
@@ -146,6 +147,15 @@ def test_an_unknown_time_zone_from_the_platform_is_not_stored(store: Store, tz: 
     apply(store, sent(NOW, time_zone=tz))
     [lead] = store.rows("leads")
     assert lead["time_zone"] is None
+
+
+def test_a_subject_longer_than_a_message_keeps_is_recorded_cut_to_it(store: Store) -> None:
+    client = add_client(store)
+    add_sequence(store, client)
+    event = webhook("EMAIL_SENT", message={"id": "m-1", "subject": "S" * 600, "at": NOW})
+    apply(store, event)
+    [message] = store.rows("messages")
+    assert message["subject"] == "S" * SUBJECT_CHARS
 
 
 def test_an_event_for_an_unknown_workspace_is_a_permanent_error_and_writes_nothing(store: Store) -> None:

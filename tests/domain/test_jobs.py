@@ -15,7 +15,16 @@ from domain.availability import refresh_availability
 from domain.availability_slot import push_availability_slots
 from domain.errors import PermanentError, TransientError
 from domain.followups import send_due_followups
-from domain.model import AppointmentStatus, Client, Direction, Interval, LeadStatus, local_at
+from domain.model import (
+    SUBJECT_CHARS,
+    AppointmentStatus,
+    Client,
+    Direction,
+    Interval,
+    LeadStatus,
+    SequenceStep,
+    local_at,
+)
 from domain.ports import Booking, OutgoingEmail
 from domain.response_timing import record_response_times
 from store.models import AvailabilitySlotRow
@@ -682,3 +691,28 @@ def test_reconcile_stops_on_a_transient_calendar_fault(store: Store) -> None:
         u.commit()
     assert (result.clients, result.has_more) == (0, True)
     assert {s for s, _ in appointments(store).values()} == {"booked"}
+
+
+def test_a_rendered_subject_longer_than_a_message_keeps_is_sent_and_recorded_cut_to_it(store: Store) -> None:
+    """A name filled in can take a subject past its column: cut, it is sent as recorded; the job goes on."""
+    client = add_client(store)
+    with store.uow() as u:
+        seq = u.followups.add_sequence(client.id, "s", [SequenceStep(1, 0, "S" * 450 + " $first_name", "b")])
+        for email, name, hours in (("long@example.com", "N" * 100, 2), ("bob@example.com", "Bob", 1)):
+            lead = u.leads.upsert(client.id, email, first_name=name)
+            u.followups.add_task(
+                lead_id=lead.id,
+                sequence_id=seq.id,
+                step=1,
+                anchor_at=NOW - timedelta(days=1),
+                due_at=NOW - timedelta(hours=hours),
+                thread_id=None,
+            )
+        u.commit()
+    with store.uow() as u:
+        result = send_due_followups(u, sender=store.email(NOW), now=NOW, batch_size=10)
+        u.commit()
+    assert result.sent == 2
+    subjects = {row["to_email"]: row["subject"] for row in store.rows("sent_emails")}
+    assert subjects["long@example.com"] == ("S" * 450 + " " + "N" * 100)[:SUBJECT_CHARS]
+    assert sorted(m["subject"] for m in store.rows("messages")) == sorted(subjects.values())

@@ -168,6 +168,11 @@ def test_malformed_json_is_400_and_nothing_is_stored(
         ),
         # 320 characters, but 638 lower-cased: the address events are ordered by must fit its column
         (payload("e", email="\u0130" * 318 + "@x"), ["lead.email"]),
+        ({**payload("e"), "lead": {"email": "a@example.com", "first_name": "N" * 201}}, ["lead.first_name"]),
+        (
+            {**payload("e"), "message": {"id": "m", "at": "2026-01-05T09:00:00Z", "thread_id": "t" * 301}},
+            ["message.thread_id"],
+        ),
     ],
     ids=[
         "array",
@@ -185,6 +190,8 @@ def test_malformed_json_is_400_and_nothing_is_stored(
         "time-without-offset",
         "created-without-offset",
         "email-longer-lower-cased",
+        "name-longer-than-its-column",
+        "thread-longer-than-its-column",
     ],
 )
 def test_wrong_shape_is_422_with_the_field_paths_and_nothing_is_stored(
