@@ -23,17 +23,26 @@ def backoff_s(attempt: int) -> float:
 
 
 def drain(ctx: JobContext) -> Mapping[str, Any]:
-    """Claim due rows, run each row's handler, retry with backoff and give up after its max attempts.
+    """Run due rows one at a time, up to `batch_size`: claim, run the handler, retry with backoff, and
+    give up after the row's max attempts.
 
-    A handler runs inside the unit of work's transaction and commits with the row's new status, so
-    handlers do database work only; one that calls out should enqueue a job of its own instead.
+    A row's claim (attempt + 1) commits just before its handler runs, so a run that dies counts an
+    attempt against the row it was running only. A handler runs inside the unit of work's
+    transaction and commits with the row's new status, fenced by its attempt: if the row's lease ran
+    out and another drain took it over, this one's work is rolled back. So handlers do database work
+    only; one that calls out should enqueue a job of its own instead.
     """
     limit = int_param(ctx.params, "batch_size", 100)
     uow = ctx.uow
-    claimed = uow.background_jobs.claim_due(now=ctx.now, limit=limit, lease_s=ROW_LEASE_S)
-    uow.commit()
-    done = retried = failed = 0
-    for row in claimed:
+    jobs = uow.background_jobs
+    outcomes = {"done": 0, "retried": 0, "failed": 0, "taken_over": 0}
+    claimed = 0
+    while claimed < limit:
+        row = jobs.claim_next(now=ctx.now, lease_s=ROW_LEASE_S)
+        uow.commit()
+        if row is None:
+            break
+        claimed += 1
         handler = ctx.ports.background_handlers.get(row.type)
         try:
             if handler is None:
@@ -43,23 +52,25 @@ def drain(ctx: JobContext) -> Mapping[str, Any]:
             uow.rollback()
             error = f"{type(e).__name__}: {e}"[:_ERROR_CHARS]
             if isinstance(e, PermanentError) or row.attempts >= row.max_attempts:
-                uow.background_jobs.mark_failed(row.id, now=ctx.now, error=error)
-                failed += 1
+                outcome, marked = (
+                    "failed",
+                    jobs.mark_failed(row.id, attempt=row.attempts, now=ctx.now, error=error),
+                )
             else:
                 run_at = ctx.now + timedelta(seconds=backoff_s(row.attempts))
-                uow.background_jobs.mark_retry(row.id, run_at=run_at, error=error)
-                retried += 1
+                outcome, marked = (
+                    "retried",
+                    jobs.mark_retry(row.id, attempt=row.attempts, run_at=run_at, error=error),
+                )
         else:
-            uow.background_jobs.mark_done(row.id, now=ctx.now)
-            done += 1
-        uow.commit()
-    return {
-        "claimed": len(claimed),
-        "done": done,
-        "retried": retried,
-        "failed": failed,
-        "has_more": len(claimed) == limit,
-    }
+            outcome, marked = "done", jobs.mark_done(row.id, attempt=row.attempts, now=ctx.now)
+        if marked:
+            uow.commit()
+        else:
+            uow.rollback()
+            outcome = "taken_over"
+        outcomes[outcome] += 1
+    return {"claimed": claimed, **outcomes, "has_more": claimed == limit}
 
 
 def noop(uow: Any, payload: Mapping[str, Any]) -> None:

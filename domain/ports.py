@@ -39,18 +39,20 @@ class BackgroundJobs(Protocol):
         self, *, type: str, payload: Mapping[str, Any], run_at: datetime, max_attempts: int = 5
     ) -> int: ...
 
-    def claim_due(self, *, now: datetime, limit: int, lease_s: float) -> list[BackgroundJob]:
-        """Mark up to `limit` due rows running (attempt + 1) until `now + lease_s` and return them.
+    def claim_next(self, *, now: datetime, lease_s: float) -> BackgroundJob | None:
+        """Mark the next due row running (attempt + 1) until `now + lease_s` and return it; None if none.
 
-        A row whose last allowed attempt never finished (its worker died) is marked failed instead.
+        A row whose last allowed attempt never finished (its worker died) is marked failed on the way.
         """
         ...
 
-    def mark_done(self, job_id: int, *, now: datetime) -> None: ...
+    # Each mark holds only while the row is still running `attempt`: False if another drain took it
+    # over (its lease ran out), and then the caller must not commit the row's work.
+    def mark_done(self, job_id: int, *, attempt: int, now: datetime) -> bool: ...
 
-    def mark_retry(self, job_id: int, *, run_at: datetime, error: str) -> None: ...
+    def mark_retry(self, job_id: int, *, attempt: int, run_at: datetime, error: str) -> bool: ...
 
-    def mark_failed(self, job_id: int, *, now: datetime, error: str) -> None: ...
+    def mark_failed(self, job_id: int, *, attempt: int, now: datetime, error: str) -> bool: ...
 
 
 @dataclass(frozen=True)

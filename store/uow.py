@@ -45,8 +45,8 @@ class SqlBackgroundJobs:
         self._s.flush()
         return row.id
 
-    def claim_due(self, *, now: datetime, limit: int, lease_s: float) -> list[BackgroundJob]:
-        rows = self._s.scalars(
+    def claim_next(self, *, now: datetime, lease_s: float) -> BackgroundJob | None:
+        due = (
             select(BackgroundJobRow)
             .where(
                 or_(
@@ -55,33 +55,38 @@ class SqlBackgroundJobs:
                 )
             )
             .order_by(BackgroundJobRow.run_at, BackgroundJobRow.id)
-            .limit(limit)
+            .limit(1)
             .with_for_update(skip_locked=True)
-        ).all()
-        claimed = []
-        for row in rows:
+        )
+        while (row := self._s.scalars(due).first()) is not None:
             if row.status == "running" and row.attempts >= row.max_attempts:
                 # Its last attempt died with its worker (a handler that crashes the process): give up.
                 row.status, row.finished_at, row.locked_until = "failed", now, None
                 row.last_error = f"attempt {row.attempts} of {row.max_attempts} never finished"
+                self._s.flush()
                 continue
             row.status = "running"
             row.attempts += 1
             row.locked_until = now + timedelta(seconds=lease_s)
-            claimed.append(row)
-        return [BackgroundJob(r.id, r.type, dict(r.payload), r.attempts, r.max_attempts) for r in claimed]
+            return BackgroundJob(row.id, row.type, dict(row.payload), row.attempts, row.max_attempts)
+        return None
 
-    def mark_done(self, job_id: int, *, now: datetime) -> None:
-        row = self._s.get_one(BackgroundJobRow, job_id)
-        row.status, row.finished_at, row.locked_until = "done", now, None
+    def mark_done(self, job_id: int, *, attempt: int, now: datetime) -> bool:
+        return self._mark(job_id, attempt, status="done", finished_at=now)
 
-    def mark_retry(self, job_id: int, *, run_at: datetime, error: str) -> None:
-        row = self._s.get_one(BackgroundJobRow, job_id)
-        row.status, row.run_at, row.last_error, row.locked_until = "pending", run_at, error, None
+    def mark_retry(self, job_id: int, *, attempt: int, run_at: datetime, error: str) -> bool:
+        return self._mark(job_id, attempt, status="pending", run_at=run_at, last_error=error)
 
-    def mark_failed(self, job_id: int, *, now: datetime, error: str) -> None:
-        row = self._s.get_one(BackgroundJobRow, job_id)
-        row.status, row.finished_at, row.last_error, row.locked_until = "failed", now, error, None
+    def mark_failed(self, job_id: int, *, attempt: int, now: datetime, error: str) -> bool:
+        return self._mark(job_id, attempt, status="failed", finished_at=now, last_error=error)
+
+    def _mark(self, job_id: int, attempt: int, **values: Any) -> bool:
+        row = self._s.get_one(BackgroundJobRow, job_id, populate_existing=True, with_for_update=True)
+        if (row.status, row.attempts) != ("running", attempt):
+            return False  # taken over: another drain runs (or ran) this row
+        for name, value in {**values, "locked_until": None}.items():
+            setattr(row, name, value)
+        return True
 
 
 class SqlUnitOfWork:

@@ -79,6 +79,7 @@ def test_offload_worker_cli_processes_a_background_jobs_dispatch(
             "done": 1,
             "retried": 0,
             "failed": 0,
+            "taken_over": 0,
             "has_more": False,
         }
         with runtime.sessions() as s:
