@@ -18,8 +18,9 @@ from store.ledger import NewRun, RunView, SqlLedger, utcnow
 
 logger = logging.getLogger(__name__)
 
-#: Runs an operator may dispatch again.
-REPLAYABLE = frozenset({RunStatus.DEAD, RunStatus.FAILED, RunStatus.LOST, RunStatus.MISSED})
+#: Runs an operator may dispatch again: ended without success, and no message left to carry them. A
+#: `lost` run is not one: RabbitMQ redelivers its message, which takes the run over.
+REPLAYABLE = frozenset({RunStatus.DEAD, RunStatus.FAILED, RunStatus.MISSED})
 
 
 class DispatchError(Exception):
@@ -195,10 +196,11 @@ class Dispatcher:
         )
 
     def replay(self, key: str, *, correlation_id: str | None = None) -> Dispatch:
-        """Dispatch a dead, failed, lost or missed run again as a new run with `replay_of` lineage.
+        """Dispatch a dead, failed or missed run again as a new run with `replay_of` lineage.
 
         The new key is `<key>~replay<n>`, n counting this run's replays, so two operators replaying
-        the same run at once get one replay.
+        the same run at once get one replay. While the latest replay has not ended without success,
+        replaying again answers it as a duplicate.
         """
         run = self.ledger.get(key)
         if run is None:
@@ -208,6 +210,9 @@ class Dispatcher:
                 f"run {key!r} is {run.status}; only {', '.join(sorted(REPLAYABLE))} runs are replayed"
             )
         n = self.ledger.replay_count(run.id) + 1
+        latest = self.ledger.get(f"{key}~replay{n - 1}") if n > 1 else None
+        if latest is not None and latest.status not in REPLAYABLE:
+            return _answer(latest.mode, latest, duplicate=True)
         return self.dispatch(
             run.job,
             trigger=Trigger.REPLAY,

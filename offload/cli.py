@@ -209,11 +209,16 @@ def show(ctx: Ctx, key: str) -> None:
 @click.argument("key")
 @pass_ctx
 def replay(ctx: Ctx, key: str) -> None:
-    """Dispatch a dead, failed, lost or missed run again, with `replay_of` lineage."""
+    """Dispatch a dead, failed or missed run again, with `replay_of` lineage."""
+    from actors.dispatch import PublishFailed
+
     try:
         d = ctx.runtime.dispatcher.replay(key)
     except (LookupError, ValueError) as e:
         raise click.UsageError(str(e)) from None
+    except PublishFailed as e:
+        click.echo(f"offload: {e}", err=True)
+        sys.exit(3)
     click.echo(json.dumps({"dispatch": d.asjson()}, indent=2))
 
 

@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import select
 
 from actors.dispatch import PublishFailed
+from domain.runs import RunStatus
 from offload.settings import Settings
 from offload.wiring import Runtime, build
 from store.models import BackgroundJobRow
@@ -100,10 +101,19 @@ def test_replay_of_a_failed_run_dispatches_a_new_run_with_lineage(runtime: Runti
     run = runtime.ledger.get(replay.dispatch_key)
     assert run is not None and run.replay_of == failed.run_id and run.trigger == "replay"
     assert run.correlation_id == failed.correlation_id
+    again = runtime.dispatcher.replay(failed.dispatch_key)  # while the replay is queued: the same one
+    assert (again.dispatch_key, again.duplicate) == (replay.dispatch_key, True)
+    runtime.ledger.finish(replay.dispatch_key, RunStatus.DEAD, token=None, detail="poison")
+    assert runtime.dispatcher.replay(failed.dispatch_key).dispatch_key == f"{failed.dispatch_key}~replay2"
     with pytest.raises(ValueError, match="only"):
         runtime.dispatcher.replay(
             runtime.dispatcher.dispatch("test-record", trigger="cli", inline=True).dispatch_key
         )
+    lost = runtime.dispatcher.prepare("test-record", trigger="cli", params={"lost": 1})
+    runtime.ledger.record_dispatch(lost)
+    runtime.ledger.finish(lost.dispatch_key, RunStatus.LOST, token=None, detail="lease expired")
+    with pytest.raises(ValueError, match="is lost"):  # its message is redelivered and takes it over
+        runtime.dispatcher.replay(lost.dispatch_key)
 
 
 def test_status_joins_queue_depths_with_the_ledger(runtime: Runtime, settings: Settings) -> None:

@@ -6,6 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from domain import keys
+from domain.runs import RunStatus
+from store import db
+from store.ledger import NewRun, SqlLedger
 from tests.support.procs import run_cli
 
 
@@ -41,3 +45,20 @@ def test_bad_options_are_usage_errors(tmp_path: Path, args: tuple[str, ...], fra
     result = run_cli({"OFFLOAD_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}"}, *args)
     assert result.returncode == 2
     assert fragment in result.stderr
+
+
+def test_a_replay_the_broker_does_not_take_is_one_line(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'replay.db'}"
+    engine = db.make_engine(url)
+    db.upgrade(engine)
+    key = keys.dispatch_key("background-jobs", None, {"n": 1})
+    new = NewRun("background-jobs", key, keys.message_id(key), "c", "cli", "queue", None, {"n": 1})
+    ledger = SqlLedger(engine)
+    ledger.record_dispatch(new)
+    ledger.finish(key, RunStatus.DEAD, token=None, detail="poison")
+    engine.dispose()
+    env = {"OFFLOAD_DATABASE_URL": url, "OFFLOAD_BROKER_URL": "amqp://guest:guest@127.0.0.1:1/%2F"}
+    result = run_cli(env, "replay", key)
+    assert result.returncode == 3
+    assert result.stderr.startswith("offload: could not publish to RabbitMQ")
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
