@@ -27,6 +27,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from domain import keys
 from domain.runs import CLAIMABLE, FINAL, REOPENABLE, RunStatus
 from store.db import Direct, PgStatement, make_sessions, translate_errors
 from store.errors import LeaseLost
@@ -550,10 +551,20 @@ class SqlLedger:
                 return RunView.of(existing), False
 
     def latest_slots(self, *, jobs: Sequence[str], since: datetime) -> Mapping[str, datetime]:
-        """The latest slot on the ledger of each of `jobs`, among slots at or after `since`."""
+        """The latest slot each of `jobs` handled, among slots at or after `since`.
+
+        A slot is handled by its scheduled run (the key without parameters, which an HTTP trigger of
+        the slot shares) unless that failed: a publish that failed is owed, and a failed run may be
+        triggered again. A dispatch with parameters, or a replay, is not the slot's run.
+        """
         query = (
             select(Run.job, func.max(Run.slot))
-            .where(Run.job.in_(list(jobs)), Run.slot >= since)
+            .where(
+                Run.job.in_(list(jobs)),
+                Run.slot >= since,
+                Run.dispatch_key.endswith(f":{keys.params_hash({})}", autoescape=True),
+                Run.status != RunStatus.FAILED,
+            )
             .group_by(Run.job)
         )
         with translate_errors(), self._sessions() as s:

@@ -175,3 +175,28 @@ def test_scheduled_run_retried_long_after_its_slot_is_not_dropped_as_stale(
         "succeeded",
     ]
     assert effects(runtime) == {d.dispatch_key: 1}
+
+
+def test_a_restarted_scheduler_owes_the_slots_a_dispatch_with_parameters_or_a_failed_publish_left(
+    runtime: Runtime,
+) -> None:
+    job = "test-every-5-each"
+    only(runtime, job)
+    start = datetime(2026, 3, 10, 12, 0, 5, tzinfo=BERLIN)
+    assert [f.action for f in scheduler(runtime).tick(start)] == ["dispatched"]
+    # The scheduler is down; at 12:31 an operator dispatches the job with a parameter (a key of its own).
+    runtime.dispatcher.clock = lambda: (start + timedelta(minutes=31)).astimezone(UTC)
+    runtime.dispatcher.dispatch(job, trigger="cli", params={"tag": "one-off"})
+    restarted = scheduler(runtime).tick(start + timedelta(minutes=31, seconds=10))
+    owed = ["12:05", "12:10", "12:15", "12:20", "12:25", "12:30"]
+    assert [(f.slot.astimezone(BERLIN).strftime("%H:%M"), f.action) for f in restarted] == [
+        (slot, "dispatched") for slot in owed
+    ]
+    # The publish of 12:35 fails and its run is `failed`; a scheduler started after that owes it.
+    slot = datetime(2026, 3, 10, 12, 35, tzinfo=BERLIN)
+    failed = runtime.dispatcher.prepare(job, trigger="schedule", slot=slot.astimezone(UTC))
+    runtime.ledger.record_dispatch(failed)
+    runtime.ledger.finish(failed.dispatch_key, RunStatus.FAILED, token=None, detail="broker down")
+    again = scheduler(runtime).tick(slot + timedelta(seconds=25))
+    assert [(f.slot, f.action) for f in again] == [(slot.astimezone(UTC), "dispatched")]
+    assert slots(runtime, job)["12:35"] == RunStatus.QUEUED
