@@ -76,8 +76,12 @@ class Settings(BaseSettings):
     @classmethod
     def _database(cls, value: str) -> str:
         scheme = urlsplit(value).scheme
-        if not (scheme.startswith("sqlite") or scheme.startswith("postgresql")):
+        if scheme not in ("sqlite", "sqlite+pysqlite", "postgresql", "postgres", "postgresql+psycopg"):
             raise ValueError(f"expected a sqlite:/// or postgresql+psycopg:// URL, got scheme {scheme!r}")
+        try:
+            _ = urlsplit(value).port  # a host may be left out (a Unix socket), a port must be a port
+        except ValueError:
+            raise ValueError(f"the port is not a port in {redact(value)!r}") from None
         if scheme in ("postgresql", "postgres"):
             return "postgresql+psycopg" + value[len(scheme) :]
         return value
@@ -115,17 +119,13 @@ class Settings(BaseSettings):
     @field_validator("broker_url")
     @classmethod
     def _broker(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
-            raise ValueError(f"expected an amqp:// URL with a host, got {value!r}")
+        _checked(value, ("amqp", "amqps"), "an amqp://")
         return value
 
     @field_validator("management_url")
     @classmethod
     def _management(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"expected an http:// URL with a host, got {value!r}")
+        _checked(value, ("http", "https"), "an http(s)://")
         return value.rstrip("/")
 
     @field_validator("calendar_url", "sending_platform_url")
@@ -133,9 +133,7 @@ class Settings(BaseSettings):
     def _provider_url(cls, value: str | None) -> str | None:
         if not value:
             return None
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"expected an http(s):// URL with a host, got {value!r}")
+        _checked(value, ("http", "https"), "an http(s)://")
         return value.rstrip("/")
 
     @field_validator("calendar_api_key", "sending_platform_api_key")
@@ -188,5 +186,16 @@ def redact(url: str) -> str:
     parts = urlsplit(url)
     if parts.password is None:
         return url
-    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return parts._replace(netloc=netloc).geturl()
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{parts.username}:***@{host}").geturl()
+
+
+def _checked(url: str, schemes: tuple[str, ...], what: str) -> None:
+    """ValueError unless `url` has one of `schemes`, a host and, if any, a port that is a port."""
+    parts = urlsplit(url)
+    try:
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:
+        port_ok = False
+    if parts.scheme not in schemes or not parts.hostname or not port_ok:
+        raise ValueError(f"expected {what} URL with a host and a valid port, got {redact(url)!r}")

@@ -17,6 +17,14 @@ from tests.support.procs import run_cli
         ({"OFFLOAD_DATABASE_URL": "mysql://x/y"}, "OFFLOAD_DATABASE_URL"),
         ({"OFFLOAD_MANAGEMENT_URL": "not a url"}, "OFFLOAD_MANAGEMENT_URL"),
         ({"OFFLOAD_WORKER_THREADS": "0"}, "OFFLOAD_WORKER_THREADS"),
+        (
+            {"OFFLOAD_BROKER_URL": "amqp://guest:secret@127.0.0.1:99999/%2F"},
+            "amqp://guest:***@127.0.0.1:99999",
+        ),
+        ({"OFFLOAD_BROKER_URL": "amqp://127.0.0.1:abc/%2F"}, "OFFLOAD_BROKER_URL"),
+        ({"OFFLOAD_MANAGEMENT_URL": "http://guest:guest@127.0.0.1:99999"}, "OFFLOAD_MANAGEMENT_URL"),
+        ({"OFFLOAD_DATABASE_URL": "postgresql+psycopg2://u@h/db"}, "got scheme 'postgresql+psycopg2'"),
+        ({"OFFLOAD_DATABASE_URL": "postgresql://u@h:port/db"}, "the port is not a port"),
     ],
 )
 def test_bad_setting_refuses_to_start_with_one_line(env: dict[str, str], fragment: str) -> None:
@@ -26,8 +34,9 @@ def test_bad_setting_refuses_to_start_with_one_line(env: dict[str, str], fragmen
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
-def test_postgres_scheme_is_pinned_to_psycopg3(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("OFFLOAD_DATABASE_URL", "postgresql://u@h/db")
+@pytest.mark.parametrize("scheme", ["postgresql", "postgres"])
+def test_postgres_scheme_is_pinned_to_psycopg3(monkeypatch: pytest.MonkeyPatch, scheme: str) -> None:
+    monkeypatch.setenv("OFFLOAD_DATABASE_URL", f"{scheme}://u@h/db")
     assert Settings.load().database_url == "postgresql+psycopg://u@h/db"
 
 
