@@ -122,8 +122,13 @@ class Supervisor:
         self._width = max((len(c.name) for c in self.children), default=3)
 
     def run(self) -> int:
-        """Supervise until SIGINT or SIGTERM; returns 0 once every child has stopped."""
-        previous = {sig: signal.signal(sig, self._stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        """Supervise until SIGINT, SIGTERM or SIGHUP; returns 0 once every child has stopped.
+
+        The children lead sessions of their own, so a closed terminal's hangup reaches only this
+        process, which passes it on as a stop.
+        """
+        stops = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        previous = {sig: signal.signal(sig, self._stop) for sig in stops}
         try:
             for child in self.children:
                 self._start(child)
@@ -137,7 +142,7 @@ class Supervisor:
         return 0
 
     def say(self, name: str, line: str) -> None:
-        with self._lock:
+        with self._lock, contextlib.suppress(OSError):  # a closed terminal must not stop a stop
             self.out.write(f"{name:<{self._width}} | {line.rstrip()}\n")
             self.out.flush()
 
