@@ -18,9 +18,11 @@ from domain.housekeeping import STALE_QUEUED_S
 @click.pass_context
 def export(click_ctx: click.Context, job: str | None, since: datetime | None) -> None:
     """Every run on the ledger, newest first, one JSON object per line with its history."""
-    from offload.cli import Ctx
+    from offload.cli import Ctx, check_job
 
-    ledger = click_ctx.ensure_object(Ctx).runtime.ledger
+    ctx = click_ctx.ensure_object(Ctx)
+    check_job(ctx, job)
+    ledger = ctx.runtime.ledger
     for run in ledger.runs(job=job, since=since.replace(tzinfo=UTC) if since else None, limit=None):
         row: dict[str, Any] = run.asdict()
         row["events"] = [

@@ -175,6 +175,7 @@ def dispatch(ctx: Ctx, job: str, inline: bool | None, params: tuple[str, ...]) -
 @pass_ctx
 def runs(ctx: Ctx, job: str | None, status: str | None, limit: int, as_json: bool) -> None:
     """The newest runs on the ledger."""
+    check_job(ctx, job)
     for run in ctx.runtime.ledger.runs(job=job, status=status, limit=limit):
         if as_json:
             click.echo(json.dumps(run.asdict()))
@@ -254,6 +255,14 @@ def status(ctx: Ctx) -> None:
 def reap(ctx: Ctx) -> None:
     """Mark runs whose lease expired (their worker died) as lost."""
     click.echo(f"reaped {ctx.runtime.ledger.reap()} run(s)")
+
+
+def check_job(ctx: Ctx, job: str | None) -> None:
+    """A usage error for a `--job` that is neither registered nor on the ledger (a typo, most likely)."""
+    runtime = ctx.runtime
+    if job is None or job in runtime.registry.names or runtime.ledger.runs(job=job, limit=1):
+        return
+    raise click.UsageError(f"unknown job {job!r}; known: {', '.join(runtime.registry.names)}")
 
 
 def _params(pairs: tuple[str, ...]) -> dict[str, Any]:

@@ -18,10 +18,17 @@ def queue_depths(management_url: str, broker_url: str) -> dict[str, dict[str, An
     auth = (unquote(parts.username or "guest"), unquote(parts.password or "guest"))
     try:
         r = requests.get(f"{base}/api/queues/{quote(vhost, safe='')}", auth=auth, timeout=10)
-        r.raise_for_status()
     except requests.RequestException as e:
         raise click.ClickException(
             f"the RabbitMQ management API at {base} did not answer ({type(e).__name__}); "
             "enable it with `rabbitmq-plugins enable rabbitmq_management`"
         ) from None
+    if r.status_code == 401:
+        raise click.ClickException(
+            f"the RabbitMQ management API at {base} refused the user and password of OFFLOAD_MANAGEMENT_URL"
+        )
+    if r.status_code == 404:
+        raise click.ClickException(f"RabbitMQ has no vhost {vhost!r} (the path of OFFLOAD_BROKER_URL)")
+    if not r.ok:
+        raise click.ClickException(f"the RabbitMQ management API at {base} answered {r.status_code}")
     return {q["name"]: q for q in r.json()}

@@ -136,6 +136,24 @@ def test_status_joins_queue_depths_with_the_ledger(runtime: Runtime, settings: S
     assert row.endswith("queued=1")
 
 
+def test_status_says_which_of_the_management_credentials_or_the_vhost_is_wrong(settings: Settings) -> None:
+    wrong_password = settings.management_url.replace("guest:guest@", "guest:wrong@", 1)
+    no_vhost = settings.broker_url.rsplit("/", 1)[0] + "/no-such-vhost"
+    for change, fragment in (
+        ({"OFFLOAD_MANAGEMENT_URL": wrong_password}, "refused the user and password"),
+        ({"OFFLOAD_BROKER_URL": no_vhost}, "RabbitMQ has no vhost 'no-such-vhost'"),
+    ):
+        result = subprocess.run(
+            [sys.executable, "-m", "offload.cli", "status"],
+            cwd=ROOT,
+            env=env_for(settings) | change,
+            capture_output=True,
+            text=True,
+        )
+        assert result.returncode == 1 and fragment in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
 def test_a_job_without_a_schedule_dedups_within_a_minute_and_runs_again_the_next(runtime: Runtime) -> None:
     minute = datetime(2026, 3, 1, 9, 5, tzinfo=UTC)
     runtime.dispatcher.clock = lambda: minute + timedelta(seconds=10)

@@ -62,3 +62,13 @@ def test_a_replay_the_broker_does_not_take_is_one_line(tmp_path: Path) -> None:
     assert result.returncode == 3
     assert result.stderr.startswith("offload: could not publish to RabbitMQ")
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+@pytest.mark.parametrize("command", ["runs", "export"])
+def test_a_job_neither_registered_nor_on_the_ledger_is_a_usage_error(tmp_path: Path, command: str) -> None:
+    env = {"OFFLOAD_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}"}
+    assert run_cli(env, "db", "upgrade").returncode == 0
+    result = run_cli(env, command, "--job", "followup")
+    assert result.returncode == 2
+    assert "unknown job 'followup'; known: background-jobs" in result.stderr
+    assert run_cli(env, command, "--job", "followups").returncode == 0
