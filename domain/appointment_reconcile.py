@@ -79,7 +79,11 @@ def reconcile_appointments(
         try:
             bookings = calendar.bookings(calendar_id=client.calendar_id, start_at=start_at, end_at=end_at)
         except TransientError as e:
+            # The run ends, and the client goes to the back of the line: one calendar that keeps
+            # failing cannot starve the others.
             logger.warning("Calendar of client %r unavailable (%s); stopping this run", client.id, e)
+            uow.clients.touch("reconcile", client.id, at=now)
+            uow.commit()
             result.has_more = True
             break
         except PermanentError as e:

@@ -45,7 +45,8 @@ def refresh_availability(
     A slot is `meeting_minutes` long, lies inside business hours in the client's zone, starts at or
     after `now`, ends within `days` days and overlaps no busy interval. Each client's set is replaced
     in one transaction, and not written at all when it did not change. A transient calendar fault ends
-    the run (the next one continues); a permanent one is logged and the client waits for its next turn.
+    the run (the next one continues); either fault sends the client to the back of the line, so one
+    calendar that keeps failing cannot starve the others.
     """
     clients = uow.clients.stalest(
         "availability", done_before=now - timedelta(seconds=min_age_s), limit=batch_size
@@ -59,6 +60,8 @@ def refresh_availability(
             busy = calendar.busy(calendar_id=client.calendar_id, start_at=now, end_at=end_at)
         except TransientError as e:
             logger.warning("Calendar of client %r unavailable (%s); stopping this run", client.id, e)
+            uow.clients.touch("availability", client.id, at=now)
+            uow.commit()
             stopped = True
             break
         except PermanentError as e:

@@ -53,8 +53,8 @@ def push_availability_slots(
     """For up to `batch_size` leads checked longest ago, push their next two slots if the text changed.
 
     The slots come from the availability cache the `availability` job keeps. A value equal to the one
-    last pushed is not sent again. A transient platform fault ends the run (the lead is not marked
-    checked, so the next run retries it first); a permanent one marks it checked and moves on.
+    last pushed is not sent again. A transient platform fault ends the run; either fault marks the
+    lead checked (nothing pushed), so one lead that keeps failing cannot starve the others.
     """
     leads = uow.leads.for_slot_push(checked_before=now - timedelta(seconds=min_age_s), limit=batch_size)
     clients: dict[int, Client] = {}
@@ -77,6 +77,8 @@ def push_availability_slots(
             lead_variables.set(workspace_id=client.workspace_id, lead_ref=lead.ref, variables=variables)
         except TransientError as e:
             logger.warning("Lead variables of %r not set (%s); stopping this run", lead.id, e)
+            uow.slot_pushes.record(lead.id, variables=None, at=now)
+            uow.commit()
             stopped = True
             break
         except PermanentError as e:

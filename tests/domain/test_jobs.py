@@ -452,12 +452,35 @@ def test_availability_stops_on_a_transient_calendar_fault_and_skips_a_refused_cl
         )
         u.commit()
     assert (down.clients, down.has_more) == (0, True)
-    with store.uow() as u:
+    with store.uow() as u:  # the client that failed went to the back of the line: the other is next
         refused = refresh_availability(
             u, calendar=CountingCalendar(store.calendar, fail=PermanentError("404")), now=NOW, batch_size=10
         )
         u.commit()
-    assert (refused.clients, refused.failed, refused.has_more) == (0, 2, False)
+    assert (refused.clients, refused.failed, refused.has_more) == (0, 1, False)
+
+
+class OneCalendarTimesOut:
+    """The calendar provider times out for one calendar only (a huge one, say), every time."""
+
+    def __init__(self, inner: Any, bad: str) -> None:
+        self.inner, self.bad = inner, bad
+
+    def busy(self, *, calendar_id: str, **kw: Any) -> Any:
+        if calendar_id == self.bad:
+            raise TransientError("ReadTimeout")
+        return self.inner.busy(calendar_id=calendar_id, **kw)
+
+
+def test_one_calendar_that_keeps_timing_out_does_not_starve_the_other_clients(store: Store) -> None:
+    bad, good = add_client(store, workspace_id="ws-a"), add_client(store, workspace_id="ws-b")
+    calendar = OneCalendarTimesOut(store.calendar, bad.calendar_id)
+    for run in range(2):
+        with store.uow() as u:
+            refresh_availability(u, calendar=calendar, now=NOW + timedelta(minutes=run), batch_size=10)
+            u.commit()
+    refreshed = {r["workspace_id"]: r["availability_refreshed_at"] for r in store.rows("clients")}
+    assert refreshed[good.workspace_id] == NOW + timedelta(minutes=1)
 
 
 def test_availability_is_bounded_and_takes_the_stalest_clients_first(store: Store) -> None:
@@ -569,15 +592,19 @@ def test_slot_push_retries_a_lead_after_a_transient_fault(store: Store) -> None:
         )
         u.commit()
     assert (down.pushed, down.has_more) == (0, True)
-    assert store.rows("lead_slot_pushes") == []
-    with store.uow() as u:
-        assert (
-            push_availability_slots(
-                u, lead_variables=store.lead_variables(NOW), now=NOW, batch_size=10
-            ).pushed
-            == 3
-        )
-        u.commit()
+    # The lead that failed is checked, nothing pushed: it goes to the back of the line, so one lead
+    # that keeps failing cannot starve the others. They are next, and it has its turn again later.
+    [failed] = store.rows("lead_slot_pushes")
+    assert (failed["variables"], failed["pushed_at"]) == (None, None)
+    for now, pushed in ((NOW, 2), (NOW + timedelta(minutes=11), 1)):
+        with store.uow() as u:
+            again = push_availability_slots(
+                u, lead_variables=store.lead_variables(now), now=now, batch_size=10
+            )
+            u.commit()
+        assert again.pushed == pushed
+    pushes = {r["lead_id"]: r["pushed_at"] for r in store.rows("lead_slot_pushes")}
+    assert pushes[failed["lead_id"]] == NOW + timedelta(minutes=11)
 
 
 # --- appointment-reconcile -----------------------------------------------------------------------
@@ -691,6 +718,8 @@ def test_reconcile_stops_on_a_transient_calendar_fault(store: Store) -> None:
         u.commit()
     assert (result.clients, result.has_more) == (0, True)
     assert {s for s, _ in appointments(store).values()} == {"booked"}
+    # The client goes to the back of the line: one calendar that keeps failing starves no other.
+    assert [r["reconciled_at"] for r in store.rows("clients")] == [NOW]
 
 
 def test_a_rendered_subject_longer_than_a_message_keeps_is_sent_and_recorded_cut_to_it(store: Store) -> None:
