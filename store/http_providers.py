@@ -32,6 +32,10 @@ logger = logging.getLogger(__name__)
 _BODY_CHARS = 300
 
 
+class MalformedAnswer(PermanentError):
+    """A 2xx answer that is not JSON."""
+
+
 class HttpApi:
     """A JSON API client with timeouts, retries of transient faults and classified errors.
 
@@ -103,7 +107,7 @@ class HttpApi:
             try:
                 return response.json()
             except ValueError as e:
-                raise PermanentError(f"{method} {path}: answer is not JSON") from e
+                raise MalformedAnswer(f"{method} {path}: answer is not JSON") from e
         assert error is not None
         raise error
 
@@ -173,21 +177,26 @@ class HttpEmailSender:
         self.api = api
 
     def send(self, email: OutgoingEmail) -> str:
-        answer = self.api.call(
-            "POST",
-            "/emails",
-            json={
-                "workspace_id": email.workspace_id,
-                "to": email.to_email,
-                "subject": email.subject,
-                "body": email.body,
-                "thread_id": email.thread_id,
-            },
-            headers={"Idempotency-Key": email.idempotency_key},
-        )
+        """The platform's message id. An answer without one, though the platform took the email, is
+        transient: the retry's idempotency key gets the email's id back instead of a second email."""
+        try:
+            answer = self.api.call(
+                "POST",
+                "/emails",
+                json={
+                    "workspace_id": email.workspace_id,
+                    "to": email.to_email,
+                    "subject": email.subject,
+                    "body": email.body,
+                    "thread_id": email.thread_id,
+                },
+                headers={"Idempotency-Key": email.idempotency_key},
+            )
+        except MalformedAnswer as e:
+            raise TransientError(str(e)) from e
         message_id = answer.get("message_id") if isinstance(answer, dict) else None
         if not isinstance(message_id, str) or not message_id:
-            raise PermanentError("send email: answer has no message_id")
+            raise TransientError("POST /emails: answer has no message_id")
         return message_id
 
 

@@ -164,6 +164,19 @@ def test_the_email_idempotency_key_is_sent_on_every_attempt(fake: FakeApi) -> No
     }
 
 
+@pytest.mark.parametrize("body", [b"not json", {"queued": True}], ids=["not-json", "no-message-id"])
+def test_a_send_the_platform_took_with_a_malformed_answer_is_retried_and_sent_once(
+    fake: FakeApi, body: object
+) -> None:
+    fake.plan("POST", "/emails", (200, body, 0))
+    api, _ = client_for(fake.url)
+    sender = HttpEmailSender(api)
+    with pytest.raises(TransientError):
+        sender.send(email("followup-task:1:step:1"))
+    assert sender.send(email("followup-task:1:step:1")) == fake.sent["followup-task:1:step:1"]
+    assert len(fake.sent) == 1
+
+
 def test_followups_over_http_retry_next_run_and_send_once(fake: FakeApi, database_url: str) -> None:
     store = open_store(database_url)
     try:
