@@ -11,10 +11,23 @@ import click
 
 from domain.housekeeping import STALE_QUEUED_S
 
+#: What --since takes: the dates and times click reads by default, and the ISO 8601 times export prints.
+SINCE_FORMATS = [
+    "%Y-%m-%d",
+    "%Y-%m-%dT%H:%M:%S",
+    "%Y-%m-%d %H:%M:%S",
+    "%Y-%m-%dT%H:%M:%S%z",
+    "%Y-%m-%dT%H:%M:%S.%f%z",
+]
+
 
 @click.command()
 @click.option("--job", help="Only this job.")
-@click.option("--since", type=click.DateTime(), help="Only runs queued at or after this time (UTC).")
+@click.option(
+    "--since",
+    type=click.DateTime(SINCE_FORMATS),
+    help="Only runs queued at or after this time (UTC unless it names its offset).",
+)
 @click.pass_context
 def export(click_ctx: click.Context, job: str | None, since: datetime | None) -> None:
     """Every run on the ledger, newest first, one JSON object per line with its history."""
@@ -23,7 +36,9 @@ def export(click_ctx: click.Context, job: str | None, since: datetime | None) ->
     ctx = click_ctx.ensure_object(Ctx)
     check_job(ctx, job)
     ledger = ctx.runtime.ledger
-    for run in ledger.runs(job=job, since=since.replace(tzinfo=UTC) if since else None, limit=None):
+    if since is not None:
+        since = since.astimezone(UTC) if since.tzinfo else since.replace(tzinfo=UTC)
+    for run in ledger.runs(job=job, since=since, limit=None):
         row: dict[str, Any] = run.asdict()
         row["events"] = [
             {

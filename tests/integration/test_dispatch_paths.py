@@ -7,7 +7,7 @@ import os
 import signal
 import subprocess
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -188,6 +188,14 @@ def test_export_lists_runs_with_history_and_verify_flags_expired_leases(
     assert [(r["dispatch_key"], [e["status"] for e in r["events"]]) for r in lines] == [
         (ok.dispatch_key, ["queued", "running", "succeeded"])
     ]
+    queued_at = lines[0]["queued_at"]  # as export prints it, with its offset, is what --since takes
+    assert [
+        json.loads(line)["dispatch_key"] for line in cli("export", "--since", queued_at).stdout.splitlines()
+    ] == [ok.dispatch_key]
+    later = (datetime.fromisoformat(queued_at) + timedelta(seconds=1)).astimezone(
+        timezone(timedelta(hours=2))
+    )
+    assert cli("export", "--since", later.isoformat()).stdout == ""
     assert cli("verify").returncode == 0
 
     an_hour_ago = SqlLedger(runtime.engine, clock=lambda: datetime.now(UTC) - timedelta(hours=1))
