@@ -57,7 +57,10 @@ def export(click_ctx: click.Context, job: str | None, since: datetime | None) ->
 @click.command()
 @click.pass_context
 def verify(click_ctx: click.Context) -> None:
-    """Check the ledger against itself and RabbitMQ; exit 1 and say what to do when something is off."""
+    """Check the ledger against itself and RabbitMQ; exit 1 and say what to do when something is off.
+
+    Exit 3 when RabbitMQ's management API cannot be asked: nothing was checked against it.
+    """
     from offload.cli import Ctx
     from offload.management import queue_depths
 

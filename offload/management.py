@@ -9,6 +9,12 @@ import click
 import requests
 
 
+class ManagementUnavailable(click.ClickException):
+    """The management API could not tell: exit 3, as a publish RabbitMQ does not take is."""
+
+    exit_code = 3
+
+
 def queue_depths(management_url: str, broker_url: str) -> dict[str, dict[str, Any]]:
     """Queue name -> the management API's queue object, for the broker URL's vhost."""
     parts = urlsplit(management_url)
@@ -19,16 +25,16 @@ def queue_depths(management_url: str, broker_url: str) -> dict[str, dict[str, An
     try:
         r = requests.get(f"{base}/api/queues/{quote(vhost, safe='')}", auth=auth, timeout=10)
     except requests.RequestException as e:
-        raise click.ClickException(
+        raise ManagementUnavailable(
             f"the RabbitMQ management API at {base} did not answer ({type(e).__name__}); "
             "enable it with `rabbitmq-plugins enable rabbitmq_management`"
         ) from None
     if r.status_code == 401:
-        raise click.ClickException(
+        raise ManagementUnavailable(
             f"the RabbitMQ management API at {base} refused the user and password of OFFLOAD_MANAGEMENT_URL"
         )
     if r.status_code == 404:
-        raise click.ClickException(f"RabbitMQ has no vhost {vhost!r} (the path of OFFLOAD_BROKER_URL)")
+        raise ManagementUnavailable(f"RabbitMQ has no vhost {vhost!r} (the path of OFFLOAD_BROKER_URL)")
     if not r.ok:
-        raise click.ClickException(f"the RabbitMQ management API at {base} answered {r.status_code}")
+        raise ManagementUnavailable(f"the RabbitMQ management API at {base} answered {r.status_code}")
     return {q["name"]: q for q in r.json()}
