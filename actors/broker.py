@@ -22,6 +22,7 @@ from store.leases import SqlLeases
 from store.ledger import SqlLedger
 
 HEARTBEAT_S = 30
+TCP_USER_TIMEOUT_MS = 30_000
 
 
 def make_broker(
@@ -43,15 +44,18 @@ def make_broker(
     # dramatiq's defaults, with a Retries that dead-letters a retry the broker refuses
     rest = [(Retries if m is dramatiq.middleware.Retries else m)() for m in default_middleware]
     return RabbitmqBroker(
-        url=with_heartbeat(url), confirm_delivery=True, middleware=[*front, *rest, *(extra or [])]
+        url=with_connection_defaults(url), confirm_delivery=True, middleware=[*front, *rest, *(extra or [])]
     )
 
 
-def with_heartbeat(url: str) -> str:
-    """`url` with an AMQP heartbeat unless it names one; pika's default is the server's (60 s)."""
+def with_connection_defaults(url: str) -> str:
+    """`url` with an AMQP heartbeat (pika's default is the server's, 60 s) and a TCP user timeout,
+    each unless it names one: a broker that goes silent (a cable pulled) fails a publish waiting on
+    it after 30 s, where the heartbeat alone takes 60 to 90."""
     parts = urlsplit(url)
     query = dict(parse_qsl(parts.query))
     query.setdefault("heartbeat", str(HEARTBEAT_S))
+    query.setdefault("tcp_options", f"{{'TCP_USER_TIMEOUT': {TCP_USER_TIMEOUT_MS}}}")
     query.setdefault("connection_attempts", "2")
     query.setdefault("retry_delay", "1")
     return urlunsplit(parts._replace(query=urlencode(query)))

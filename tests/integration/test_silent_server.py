@@ -1,4 +1,4 @@
-"""A PostgreSQL server that goes silent (cable pulled): statements fail in bounded time, never hang."""
+"""A server that goes silent (cable pulled): statements and publishes fail in bounded time, never hang."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import make_url
 
+from actors.broker import TCP_USER_TIMEOUT_MS
 from store import db
-from tests.services import Postgres
+from tests.services import Postgres, Rabbit
 from tests.support.island import Island, require_islands
 from tests.support.procs import ROOT
 from tests.support.proxy import Proxy
@@ -67,3 +68,33 @@ def test_statements_sent_to_a_silent_server_fail_as_unavailable_within_the_tcp_t
         assert outcome["error"].startswith("StoreUnavailable: "), outcome
         timeout_s = int(db.PG_CONNECT_DEFAULTS["tcp_user_timeout"]) / 1000
         assert timeout_s <= outcome["s"] < timeout_s + 15, outcome
+
+
+@pytest.mark.slow
+def test_a_publish_to_a_silent_broker_loses_its_connection_within_the_tcp_timeout(
+    rabbit: Rabbit, island: Island
+) -> None:
+    """The heartbeat alone notices after 60 to 90 s. dramatiq's enqueue then tries to reconnect
+    (up to five times) before the Dispatcher's PublishFailed: about a minute in all, here."""
+    proxy = Proxy("127.0.0.1", 5672, listen_host=island.host_ip)
+    url = rabbit.url.replace("127.0.0.1:5672", f"{island.host_ip}:{proxy.port}", 1)
+    client = island.popen(
+        [sys.executable, "-m", "tests.support.publish_twice", url],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert client.stdout is not None and client.stdin is not None
+        assert client.stdout.readline().strip() == "ready"
+        island.pull_cable()
+        client.stdin.write("go\n")
+        client.stdin.flush()
+        out, _ = client.communicate(timeout=90)
+    finally:
+        client.kill()
+        proxy.close()
+    outcome = json.loads(out)
+    assert outcome["error"] is not None, outcome
+    timeout_s = TCP_USER_TIMEOUT_MS / 1000
+    assert timeout_s <= outcome["s"] < timeout_s + 15, outcome
