@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from sqlalchemy import make_url
@@ -39,15 +39,13 @@ def island() -> Iterator[Island]:
         isle.delete()
 
 
-@pytest.mark.slow
-def test_statements_sent_to_a_silent_server_fail_as_unavailable_within_the_tcp_timeout(
-    postgres: Postgres, island: Island
-) -> None:
-    # The client runs in the island; PostgreSQL stays here, behind a proxy on the island's link.
-    proxy = Proxy("127.0.0.1", make_url(postgres.url).port or 5432, listen_host=island.host_ip)
-    url = make_url(postgres.url).set(host=island.host_ip, port=proxy.port)  # offload's TCP defaults
+def across_a_pulled_cable(island: Island, port: int, module: str, url_at: Callable[[int], str]) -> str:
+    """Run `python -m module URL` in the island against the server on this host's `port` (through a
+    proxy on the island's link, at the port `url_at` is given); once it prints `ready`, pull the
+    cable, tell it to go on, and return what it prints then."""
+    proxy = Proxy("127.0.0.1", port, listen_host=island.host_ip)
     client = island.popen(
-        [sys.executable, "-m", "tests.support.two_paths", url.render_as_string(hide_password=False)],
+        [sys.executable, "-m", module, url_at(proxy.port)],
         cwd=ROOT,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -58,15 +56,30 @@ def test_statements_sent_to_a_silent_server_fail_as_unavailable_within_the_tcp_t
         island.pull_cable()
         client.stdin.write("go\n")
         client.stdin.flush()
-        out, _ = client.communicate(timeout=90)  # without a TCP timeout each would wait ~15 minutes
+        # Without a TCP timeout: a quarter of an hour for PostgreSQL, the heartbeat's 60-90 s for RabbitMQ.
+        out, _ = client.communicate(timeout=90)
     finally:
         client.kill()
         proxy.close()
+    return out
+
+
+@pytest.mark.slow
+def test_statements_sent_to_a_silent_server_fail_as_unavailable_within_the_tcp_timeout(
+    postgres: Postgres, island: Island
+) -> None:
+    url = make_url(postgres.url)  # with offload's TCP defaults
+    out = across_a_pulled_cable(
+        island,
+        url.port or 5432,
+        "tests.support.two_paths",
+        lambda port: url.set(host=island.host_ip, port=port).render_as_string(hide_password=False),
+    )
     outcomes = {o["path"]: o for o in map(json.loads, out.splitlines())}
     assert set(outcomes) == {"direct", "pool"}
+    timeout_s = int(db.PG_CONNECT_DEFAULTS["tcp_user_timeout"]) / 1000
     for outcome in outcomes.values():
         assert outcome["error"].startswith("StoreUnavailable: "), outcome
-        timeout_s = int(db.PG_CONNECT_DEFAULTS["tcp_user_timeout"]) / 1000
         assert timeout_s <= outcome["s"] < timeout_s + 15, outcome
 
 
@@ -74,26 +87,14 @@ def test_statements_sent_to_a_silent_server_fail_as_unavailable_within_the_tcp_t
 def test_a_publish_to_a_silent_broker_loses_its_connection_within_the_tcp_timeout(
     rabbit: Rabbit, island: Island
 ) -> None:
-    """The heartbeat alone notices after 60 to 90 s. dramatiq's enqueue then tries to reconnect
-    (up to five times) before the Dispatcher's PublishFailed: about a minute in all, here."""
-    proxy = Proxy("127.0.0.1", 5672, listen_host=island.host_ip)
-    url = rabbit.url.replace("127.0.0.1:5672", f"{island.host_ip}:{proxy.port}", 1)
-    client = island.popen(
-        [sys.executable, "-m", "tests.support.publish_twice", url],
-        cwd=ROOT,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
+    """dramatiq's enqueue then tries to reconnect (up to five times) before the Dispatcher's
+    PublishFailed: about a minute in all, here."""
+    out = across_a_pulled_cable(
+        island,
+        5672,
+        "tests.support.publish_twice",
+        lambda port: rabbit.url.replace("127.0.0.1:5672", f"{island.host_ip}:{port}", 1),
     )
-    try:
-        assert client.stdout is not None and client.stdin is not None
-        assert client.stdout.readline().strip() == "ready"
-        island.pull_cable()
-        client.stdin.write("go\n")
-        client.stdin.flush()
-        out, _ = client.communicate(timeout=90)
-    finally:
-        client.kill()
-        proxy.close()
     outcome = json.loads(out)
     assert outcome["error"] is not None, outcome
     timeout_s = TCP_USER_TIMEOUT_MS / 1000
