@@ -38,7 +38,8 @@ def scheduler(click_ctx: click.Context) -> None:
 
     ctx = _ctx(click_ctx)
     settings = ctx.settings
-    require_broker(settings)
+    if not settings.inline:  # with every job inline the scheduler runs them itself: no broker
+        require_broker(settings)
     runtime = ctx.runtime
     store_db.upgrade(runtime.engine)
     for name in ("scheduling", "periodiq"):

@@ -106,6 +106,29 @@ def test_scheduler_process_fires_an_every_minute_job_that_a_worker_runs(
     assert "background-jobs" in output and "Traceback" not in output
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_scheduler_with_every_job_inline_needs_no_broker(
+    settings: Settings, runtime: Runtime, tmp_path: Path
+) -> None:
+    env = env_for(settings) | {
+        "OFFLOAD_INLINE": "true",
+        "OFFLOAD_BROKER_URL": "amqp://guest:guest@127.0.0.1:1/%2F",
+    }
+    log = tmp_path / "scheduler.log"
+    proc = offload("scheduler", env=env, log=log)
+    try:  # the current minute's slot is within the grace: it fires at start
+        [run] = wait_for(
+            lambda: runtime.ledger.runs(job="background-jobs", status="succeeded", limit=1),
+            timeout_s=60,
+            what="the scheduled background-jobs run, inline",
+        )
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=20)
+    assert code == 0, log.read_text()
+    assert (run.trigger, run.mode) == ("schedule", "inline")
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
