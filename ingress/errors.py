@@ -121,8 +121,14 @@ def http_error(
 ) -> None:
     """Falcon's own errors (no route, wrong method) in our shape."""
     resp.set_headers(ex.headers or {})
-    phrase = HTTPStatus(ex.status_code).phrase
-    render(resp, str(ex.status), phrase.lower().replace(" ", "_"), ex.description or phrase)
+    render(
+        resp, str(ex.status), status_code(ex.status_code), ex.description or HTTPStatus(ex.status_code).phrase
+    )
+
+
+def status_code(status: int) -> str:
+    """The error code of an HTTP status of its own: its phrase in snake case (`bad_request`)."""
+    return HTTPStatus(status).phrase.lower().replace(" ", "_")
 
 
 def unexpected(req: falcon.Request, resp: falcon.Response, ex: Exception, params: dict[str, Any]) -> None:

@@ -84,7 +84,7 @@ def make_server(app: Any, *, body_cap_bytes: int, host: str, port: int, threads:
     from waitress.task import ErrorTask
 
     from ingress.correlation import HEADER as CORRELATION_HEADER
-    from ingress.errors import PayloadTooLarge, error_body
+    from ingress.errors import PayloadTooLarge, error_body, status_code
 
     class JsonErrorTask(ErrorTask):
         """waitress's own refusals (a body over the cap, a malformed request) as the app's errors."""
@@ -95,7 +95,7 @@ def make_server(app: Any, *, body_cap_bytes: int, host: str, port: int, threads:
                 too_large = PayloadTooLarge(f"the body is larger than {body_cap_bytes} bytes")
                 answer = error_body(too_large.code, too_large.message, {"limit_bytes": body_cap_bytes})
             else:
-                answer = error_body(error.reason.lower().replace(" ", "_"), error.body)
+                answer = error_body(status_code(error.code), error.body)
             body = json.dumps(answer).encode()
             self.status = f"{error.code} {error.reason}"
             self.response_headers = [

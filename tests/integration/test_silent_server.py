@@ -88,7 +88,7 @@ def test_a_publish_to_a_silent_broker_loses_its_connection_within_the_tcp_timeou
     rabbit: Rabbit, island: Island
 ) -> None:
     """dramatiq's enqueue then tries to reconnect (up to five times) before the Dispatcher's
-    PublishFailed: about a minute in all, here."""
+    PublishFailed."""
     out = across_a_pulled_cable(
         island,
         5672,
