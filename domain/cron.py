@@ -1,14 +1,23 @@
-"""Cron schedules in a job's own time zone, with croniter's semantics (DST gaps and folds included).
+"""Cron schedules in a job's own time zone, with cron's rules for daylight-saving changes.
 
-croniter's forward iteration (`get_next`) is the reference: a job fires at exactly those minutes. Its
-backward iteration can disagree with it across a DST fold, so the latest fire at or before a time is
-found by walking forward.
+croniter's forward iteration (`get_next`) matches the expression against wall-clock time. Where the
+clock changes, `fires` applies the rules of Vixie cron (cronie, Debian's cron), which tell apart
+jobs "at a particular time" (neither the minute nor the hour field starts with `*`; `@hourly`
+does) from wildcard jobs:
+
+- clocks go back: a particular-time job does not run again in the repeated hour (croniter fires
+  it twice); a wildcard job runs on the new time, so in both passes of that hour;
+- clocks go forward: a particular-time job whose time was skipped runs right after the change
+  (croniter moves it there too); a wildcard job does not run for the skipped minutes.
+
+croniter's backward iteration can disagree with its forward one across a fold, so the latest fire
+at or before a time is found by walking forward.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -43,14 +52,36 @@ def _iterator(expr: str, start: datetime) -> croniter:
     return it
 
 
+def at_particular_time(expr: str) -> bool:
+    """Whether cron's daylight-saving rules treat `expr` as a job at a particular time."""
+    minute, hour = _parsed(expr).expressions[:2]
+    return not minute.startswith("*") and not hour.startswith("*")
+
+
 def fires(expr: str, tz: str, *, after: datetime, until: datetime | None = None) -> Iterator[datetime]:
     """The fire times of `expr` in zone `tz` strictly after `after` (and at or before `until`), in UTC."""
-    it = _iterator(expr, after.astimezone(ZoneInfo(tz)))
+    zone = ZoneInfo(tz)
+    particular = at_particular_time(expr)
+    minutes, hours = _parsed(expr).expanded[:2]
+    it = _iterator(expr, after.astimezone(zone))
+    last = None
     while True:
         at: datetime = it.get_next(datetime).astimezone(UTC)
         if until is not None and at > until:
             return
-        yield at
+        wall = at.astimezone(zone)
+        if particular:
+            if wall.fold and wall.utcoffset() != wall.replace(fold=0).utcoffset():
+                continue  # the second pass of a repeated hour
+        elif not (_has(minutes, wall.minute) and _has(hours, wall.hour)):
+            continue  # croniter moved a minute the clock skipped to just after the change
+        if at != last:  # two skipped minutes of one job move to the same one
+            last = at
+            yield at
+
+
+def _has(field: Sequence[object], value: int) -> bool:
+    return field == ["*"] or value in field
 
 
 def latest_fire(expr: str, tz: str, *, now: datetime) -> datetime:

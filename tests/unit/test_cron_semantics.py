@@ -1,8 +1,12 @@
-"""The scheduler fires at exactly croniter's minutes, in the job's zone, over a whole year.
+"""The scheduler fires at exactly cron's minutes, in the job's zone, over a whole year.
 
 periodiq's own loop (its `schedule()`, with a fake clock in place of pendulum.now, sleep and alarm)
 drives the Scheduler here, so the minutes compared are the ones the `offload scheduler` process
-would dispatch. The reference is croniter's forward iteration, computed independently in the test.
+would dispatch. The reference, computed independently in the test, is croniter's forward
+iteration with Vixie cron's rules for daylight-saving changes (cronie's crontab(5): "if the time
+has moved backwards by less than 3 hours, those jobs that fall into the repeated time will not be
+re-run. Only jobs that run at a particular time (not specified as @hourly, nor with '*' in the
+hour or minute specifier) are affected"; wildcard jobs "are run based on the new time").
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import periodiq
 import pytest
 from croniter import croniter
 
-from domain import keys
+from domain import cron, keys
 from domain.context import JobContext
 from domain.registry import JOBS, JobSpec, Registry
 from scheduling.periodic import Loop
@@ -83,15 +87,30 @@ EXPRESSIONS = [
 ]
 
 
-def croniter_minutes(expr: str, tz: str) -> list[datetime]:
-    """croniter's fire times within the local calendar year, in UTC: the reference."""
+def cron_minutes(expr: str, tz: str) -> list[datetime]:
+    """cron's fire times within the local calendar year, in UTC: the reference.
+
+    croniter matches wall-clock time, so it fires a job twice in a repeated hour and moves a
+    skipped minute to just after the change. cron runs a job at a particular time once per wall
+    time, and a wildcard job only at minutes its expression matches.
+    """
     zone = ZoneInfo(tz)
     start = datetime(YEAR, 1, 1, tzinfo=zone) - timedelta(minutes=1)
     end = datetime(YEAR + 1, 1, 1, tzinfo=zone)
+    minute, hour = croniter(expr).expressions[:2]
+    particular = "*" not in (minute[0], hour[0])
     it = croniter(expr, start)
-    out = []
+    out: list[datetime] = []
+    walls: set[datetime] = set()
     while (at := it.get_next(datetime)) < end:
-        out.append(at.astimezone(UTC))
+        wall = at.astimezone(zone).replace(tzinfo=None)
+        if particular and wall in walls:
+            continue
+        if not particular and not croniter.match(expr, wall):
+            continue
+        walls.add(wall)
+        if not out or out[-1] != at.astimezone(UTC):
+            out.append(at.astimezone(UTC))
     return out
 
 
@@ -176,16 +195,16 @@ def periodiq_minutes(
 
 def test_the_table_covers_at_least_forty_expressions_in_three_zones() -> None:
     assert len(set(EXPRESSIONS)) == len(EXPRESSIONS) >= 40
-    assert any(croniter_minutes(e, "Europe/Berlin") for e in EXPRESSIONS)
+    assert any(cron_minutes(e, "Europe/Berlin") for e in EXPRESSIONS)
 
 
-def test_scheduler_fires_at_croniter_minutes_over_a_year_in_utc_and_dst_zones(
+def test_scheduler_fires_at_cron_minutes_over_a_year_in_utc_and_dst_zones(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     combos = [(expr, tz) for tz in ZONES for expr in EXPRESSIONS]
     compared = 0
     for expr, tz, fired, missed in periodiq_minutes(combos, monkeypatch):
-        reference = croniter_minutes(expr, tz)
+        reference = cron_minutes(expr, tz)
         assert fired == reference, f"{expr!r} in {tz}: first difference " + _first_difference(
             fired, reference
         )
@@ -194,14 +213,14 @@ def test_scheduler_fires_at_croniter_minutes_over_a_year_in_utc_and_dst_zones(
     assert compared > 20_000
 
 
-def test_http_slot_of_every_minute_is_the_latest_croniter_fire_at_or_before_it() -> None:
+def test_http_slot_of_every_minute_is_the_latest_cron_fire_at_or_before_it() -> None:
     """An HTTP trigger keys on schedule_slot: it must name the slot the scheduler fires.
 
     schedule_slot is a step function; checking each step's first and last minute checks them all.
     """
     for tz in ZONES:
         for expr in EXPRESSIONS:
-            fires = croniter_minutes(expr, tz)
+            fires = cron_minutes(expr, tz)
             step = max(1, len(fires) // 40)
             for i, (before, after) in enumerate(itertools.pairwise(fires)):
                 if i % step and not _near_dst(before):
@@ -215,10 +234,61 @@ def test_http_slot_of_every_minute_is_the_latest_croniter_fire_at_or_before_it()
                 )
 
 
-def test_registry_jobs_fire_at_croniter_minutes_in_their_own_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+def utc(*args: int) -> datetime:
+    return datetime(*args, tzinfo=UTC)
+
+
+# New York, 2026: clocks go back at 02:00 EDT on November 1 (01:00-01:59 happens twice, 05:00 and
+# 06:00 UTC) and forward at 02:00 EST on March 8 (02:00-02:59 never happens; 07:00 UTC is 03:00 EDT).
+DST_DAYS = [
+    # (expression, day's first minute UTC, that day's fires, UTC)
+    ("30 1 * * *", utc(2026, 11, 1, 4), [utc(2026, 11, 1, 5, 30)]),  # not again at 01:30 EST
+    ("0 1-2 * * *", utc(2026, 11, 1, 4), [utc(2026, 11, 1, 5), utc(2026, 11, 1, 7)]),
+    ("@hourly", utc(2026, 11, 1, 4), [utc(2026, 11, 1, 4) + timedelta(hours=h) for h in range(24)]),
+    (
+        "*/30 1 * * *",
+        utc(2026, 11, 1, 4),
+        [utc(2026, 11, 1, 5), utc(2026, 11, 1, 5, 30), utc(2026, 11, 1, 6), utc(2026, 11, 1, 6, 30)],
+    ),
+    ("30 2 * * *", utc(2026, 3, 8, 5), [utc(2026, 3, 8, 7)]),  # skipped: runs at 03:00 EDT
+    ("0,30 2 * * *", utc(2026, 3, 8, 5), [utc(2026, 3, 8, 7)]),  # both skipped: one run at 03:00
+    ("*/30 2 * * *", utc(2026, 3, 8, 5), []),  # a wildcard job does not run for skipped minutes
+    (
+        "0 * * * *",
+        utc(2026, 3, 8, 5),
+        [utc(2026, 3, 8, 5) + timedelta(hours=h) for h in range(24)],
+    ),
+]
+
+
+@pytest.mark.parametrize(("expr", "start", "want"), DST_DAYS)
+def test_daylight_saving_days_follow_crons_rules(expr: str, start: datetime, want: list[datetime]) -> None:
+    got = list(
+        cron.fires(
+            expr,
+            "America/New_York",
+            after=start - timedelta(minutes=1),
+            until=start + timedelta(hours=23, minutes=59),
+        )
+    )
+    assert got == want
+    if want:
+        # An HTTP trigger in the second pass of a repeated hour names the slot that already ran.
+        assert keys.schedule_slot(expr, "America/New_York", want[0] + timedelta(minutes=59)) == max(
+            w for w in want if w <= want[0] + timedelta(minutes=59)
+        )
+
+
+def test_a_job_at_01_30_runs_once_when_new_york_repeats_the_hour() -> None:
+    assert keys.schedule_slot("30 1 * * *", "America/New_York", utc(2026, 11, 1, 6, 45)) == utc(
+        2026, 11, 1, 5, 30
+    )
+
+
+def test_registry_jobs_fire_at_cron_minutes_in_their_own_zone(monkeypatch: pytest.MonkeyPatch) -> None:
     combos = [(spec.cron, spec.tz) for spec in JOBS if spec.cron is not None and "* * * *" not in spec.cron]
     for expr, tz, fired, _ in periodiq_minutes(combos, monkeypatch):
-        assert fired == croniter_minutes(expr, tz), (expr, tz)
+        assert fired == cron_minutes(expr, tz), (expr, tz)
 
 
 def test_periodiq_own_cron_parser_deviates_so_offload_does_not_use_it() -> None:
@@ -251,5 +321,5 @@ def _near_dst(at: datetime) -> bool:
 def _first_difference(got: list[datetime], want: list[datetime]) -> str:
     for i, (a, b) in enumerate(zip(got, want, strict=False)):
         if a != b:
-            return f"#{i}: scheduler {a.isoformat()} vs croniter {b.isoformat()}"
+            return f"#{i}: scheduler {a.isoformat()} vs cron {b.isoformat()}"
     return f"lengths {len(got)} vs {len(want)}"
