@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -10,6 +11,8 @@ from datetime import datetime
 from typing import Any
 
 from dramatiq.middleware import SkipMessage
+from dramatiq.middleware.time_limit import TimeLimitExceeded
+from dramatiq.threading import raise_thread_exception
 
 from actors import attempt, log_ids
 from domain.context import JobContext
@@ -129,9 +132,11 @@ class JobRunner:
                 return InlineOutcome(self._finished(key, status, token=None, detail=detail), None)
             time.sleep(INLINE_POLL_S)
         token = claim.token
+        limit = TimeLimit(spec.time_limit_ms / 1000)
         try:
-            result = self.execute(spec, key, token, new.params)
-        except Exception as e:
+            with limit:
+                result = self.execute(spec, key, token, new.params)
+        except (Exception, limit.exceeded) as e:
             logger.exception("Inline run %r failed", key)
             try:
                 run = self._finished(key, RunStatus.FAILED, token=token, error=e)
@@ -147,3 +152,40 @@ class JobRunner:
         run = self.ledger.finish(key, status, **how) or self.ledger.get(key)
         assert run is not None
         return run
+
+
+class TimeLimit:
+    """Interrupts this thread after `seconds`, as dramatiq's TimeLimit does a worker's, so an
+    inline run ends before its lease does (no other attempt can take over a run still running).
+    Like dramatiq's, it cannot cut a system call short: it lands when the call returns.
+
+    It raises `exceeded`, a TimeLimitExceeded of its own, so an enclosing limit's interrupt (a
+    worker's, or an outer inline run's) is not taken for this one's.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.exceeded: type[TimeLimitExceeded] = type("TimeLimitExceeded", (TimeLimitExceeded,), {})
+        self._lock = threading.Lock()
+        self._armed = False
+        self._timer: threading.Timer | None = None
+
+    def __enter__(self) -> None:
+        thread = threading.get_ident()
+        self._armed = True
+        self._timer = threading.Timer(self.seconds, self._interrupt, (thread,))
+        self._timer.daemon = True
+        self._timer.start()
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self._armed = False
+        assert self._timer is not None
+        self._timer.cancel()
+
+    def _interrupt(self, thread: int) -> None:
+        with self._lock:
+            if self._armed:
+                self._armed = False
+                logger.warning("Inline run exceeded its time limit of %.1f s; interrupting it.", self.seconds)
+                raise_thread_exception(thread, self.exceeded)  # type: ignore[no-untyped-call]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from dataclasses import replace
 from datetime import datetime
 from types import SimpleNamespace
 
@@ -88,6 +90,34 @@ def test_inline_failure_is_recorded_failed_with_the_error(runtime: Runtime) -> N
     assert run is not None and (run.status, run.error_type) == ("failed", "RuntimeError")
     assert "boom" in (run.error_message or "")
     assert runtime.leases.held("test-explode") == 0
+
+
+def _inline(runtime: Runtime, job: str, time_limit_ms: int, **params: object) -> tuple[NewRun, object]:
+    """Run `job` inline under a time limit of its own, straight through the runner."""
+    spec = replace(runtime.registry[job], time_limit_ms=time_limit_ms)
+    key = f"{job}:limit:{params}"
+    new = NewRun(job, key, key, "c", "cli", "inline", None, params)
+    runtime.ledger.record_dispatch(new)
+    return new, runtime.runner.run_inline(spec, new)
+
+
+def test_an_inline_run_is_stopped_at_its_time_limit_before_its_lease_ends(runtime: Runtime) -> None:
+    """A worker's TimeLimit stops a run before its lease expires; inline, nothing did, so a run
+    could outlive its lease and another trigger take it over while it still ran."""
+    started = time.monotonic()
+    new, _ = _inline(runtime, "test-crashable", 300, sleep_s=20)
+    assert time.monotonic() - started < 5
+    run = runtime.ledger.get(new.dispatch_key)
+    assert run is not None and (run.status, run.error_type) == ("failed", "TimeLimitExceeded")
+    assert effects(runtime, new.dispatch_key) == 0
+    assert runtime.leases.held("test-crashable") == 0
+
+
+def test_an_inline_run_within_its_time_limit_is_not_interrupted_later(runtime: Runtime) -> None:
+    new, outcome = _inline(runtime, "test-crashable", 300, sleep_s=0.1)
+    assert outcome.run.status == "succeeded"  # type: ignore[attr-defined]
+    time.sleep(0.6)  # past the limit: a stray interrupt would land here and fail the test
+    assert effects(runtime, new.dispatch_key) == 1
 
 
 def test_an_error_text_no_store_takes_is_recorded(runtime: Runtime) -> None:

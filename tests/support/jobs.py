@@ -28,9 +28,12 @@ def trace(event: str, ctx: JobContext) -> None:
 
 
 def record(ctx: JobContext) -> Mapping[str, Any]:
-    """Sleep `sleep_s`, then insert one effect row in the run's own transaction."""
+    """Sleep `sleep_s` (in short naps, so a time limit lands soon), then insert one effect row in the
+    run's own transaction."""
     trace("start", ctx)
-    time.sleep(float(ctx.params.get("sleep_s", 0)))
+    wake = time.monotonic() + float(ctx.params.get("sleep_s", 0))
+    while (left := wake - time.monotonic()) > 0:
+        time.sleep(min(left, 0.05))
     session = ctx.uow.session  # type: ignore[attr-defined]
     session.execute(text(EFFECTS_DDL))
     session.execute(
