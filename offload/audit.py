@@ -59,10 +59,11 @@ def export(click_ctx: click.Context, job: str | None, since: datetime | None) ->
 def verify(click_ctx: click.Context) -> None:
     """Check the ledger against itself and RabbitMQ; exit 1 and say what to do when something is off.
 
-    Exit 3 when RabbitMQ's management API cannot be asked: nothing was checked against it.
+    Exit 3 when RabbitMQ's management API cannot be asked, after the problems the ledger shows by
+    itself: nothing was checked against RabbitMQ.
     """
     from offload.cli import Ctx
-    from offload.management import queue_depths
+    from offload.management import ManagementUnavailable, queue_depths
 
     ctx = click_ctx.ensure_object(Ctx)
     runtime = ctx.runtime
@@ -78,7 +79,12 @@ def verify(click_ctx: click.Context) -> None:
             f"{len(stale)} run(s) queued for over {STALE_QUEUED_S / 60:.0f} min, "
             f"e.g. {stale[0].dispatch_key!r}: are workers consuming? requeue-stale publishes them again"
         )
-    depths = queue_depths(ctx.settings.management_url, ctx.settings.broker_url)
+    try:
+        depths = queue_depths(ctx.settings.management_url, ctx.settings.broker_url)
+    except ManagementUnavailable:
+        for line in findings:
+            click.echo(f"PROBLEM {line}")
+        raise
     counts = runtime.ledger.counts()
     for spec in runtime.registry:
         dead = counts.get((spec.name, "dead"), 0)

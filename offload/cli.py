@@ -226,13 +226,17 @@ def replay(ctx: Ctx, key: str) -> None:
 @cli.command()
 @pass_ctx
 def status(ctx: Ctx) -> None:
-    """Each job's queues (from the RabbitMQ management API) beside its runs on the ledger."""
+    """Each job's queues (from the RabbitMQ management API), its slots held of its concurrency cap,
+    and its runs on the ledger."""
     from offload.management import queue_depths
 
     runtime = ctx.runtime
     depths = queue_depths(ctx.settings.management_url, ctx.settings.broker_url)
     counts = runtime.ledger.counts()
-    click.echo(f"{'job':30} {'ready':>6} {'unacked':>7} {'delayed':>7} {'dead-q':>6} {'workers':>7}  ledger")
+    header = (
+        f"{'job':30} {'ready':>6} {'unacked':>7} {'delayed':>7} {'dead-q':>6} {'workers':>7} {'slots':>5}"
+    )
+    click.echo(f"{header}  ledger")
     for spec in runtime.registry:
         q = depths.get(spec.queue, {})
         dq = depths.get(f"{spec.queue}.DQ", {})
@@ -244,10 +248,10 @@ def status(ctx: Ctx) -> None:
             dq.get("messages", "-"),
             xq.get("messages", "-"),
             q.get("consumers", "-"),
+            f"{runtime.leases.held(spec.name)}/{spec.concurrency_cap}",
         ]
-        click.echo(
-            f"{spec.name:30} {cells[0]:>6} {cells[1]:>7} {cells[2]:>7} {cells[3]:>6} {cells[4]:>7}  {ledger}"
-        )
+        row = f"{spec.name:30} {cells[0]:>6} {cells[1]:>7} {cells[2]:>7} {cells[3]:>6} {cells[4]:>7}"
+        click.echo(f"{row} {cells[5]:>5}  {ledger}")
 
 
 @cli.command()

@@ -17,6 +17,7 @@ from actors.dispatch import PublishFailed
 from domain.runs import RunStatus
 from offload.settings import Settings
 from offload.wiring import Runtime, build
+from store.ledger import Worker
 from store.models import BackgroundJobRow
 from tests.support.jobs import TEST_PORTS, TEST_REGISTRY
 from tests.support.procs import ROOT, env_for, wait_for
@@ -116,8 +117,14 @@ def test_replay_of_a_failed_run_dispatches_a_new_run_with_lineage(runtime: Runti
         runtime.dispatcher.replay(lost.dispatch_key)
 
 
-def test_status_joins_queue_depths_with_the_ledger(runtime: Runtime, settings: Settings) -> None:
+def test_status_joins_queue_depths_with_slots_held_and_the_ledger(
+    runtime: Runtime, settings: Settings
+) -> None:
     runtime.dispatcher.dispatch("background-jobs", trigger="cli")
+    held = runtime.dispatcher.prepare("background-jobs", trigger="cli", params={"held": 1})
+    runtime.ledger.record_dispatch(held)
+    claim = runtime.ledger.claim(held, cap=1, lease_s=60, worker=Worker("here", 1), max_attempts=3)
+    assert claim.outcome == "claimed"
 
     def line() -> str:
         out = subprocess.run(
@@ -133,7 +140,7 @@ def test_status_joins_queue_depths_with_the_ledger(runtime: Runtime, settings: S
 
     # The management API refreshes queue statistics every few seconds.
     row = wait_for(lambda: (r := line()).split()[1] == "1" and r, timeout_s=30, every_s=1, what="queue stats")
-    assert row.endswith("queued=1")
+    assert row.split()[6:] == ["1/1", "queued=1", "running=1"]
 
 
 def test_status_says_which_of_the_management_credentials_or_the_vhost_is_wrong(settings: Settings) -> None:
@@ -214,3 +221,15 @@ def test_export_lists_runs_with_history_and_verify_flags_expired_leases(
     checked = cli("verify")
     assert checked.returncode == 1
     assert "PROBLEM 1 running run(s) hold an expired lease (worker died): `offload reap`" in checked.stdout
+    # Without the management API, what the ledger shows by itself is still said, then exit 3.
+    wrong_password = settings.management_url.replace("guest:guest@", "guest:wrong@", 1)
+    blind = subprocess.run(
+        [sys.executable, "-m", "offload.cli", "verify"],
+        cwd=ROOT,
+        env=env_for(settings) | {"OFFLOAD_MANAGEMENT_URL": wrong_password},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert blind.returncode == 3 and "refused the user and password" in blind.stderr
+    assert "PROBLEM 1 running run(s) hold an expired lease" in blind.stdout
