@@ -337,7 +337,7 @@ def _wait_final(runtime: Runtime, key: str, *, timeout_s: float) -> Any:
 @click.option("--timeout-s", default=60.0, show_default=True, help="How long to wait for each queued run.")
 @click.pass_context
 def demo(click_ctx: click.Context, inline: bool, timeout_s: float) -> None:
-    """Seed a sample client, apply a burst of webhook events, run every job and print the ledger."""
+    """Seed a sample client, apply a burst of webhook events, run the domain jobs, print the ledger."""
     from offload.cli import Ctx
 
     ctx = click_ctx.ensure_object(Ctx)
