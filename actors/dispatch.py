@@ -245,9 +245,7 @@ class Dispatcher:
         does turn up, Dedup lets only one of the two run. Stops at the first failed publish.
         """
         done = 0
-        for run in self.ledger.stale_queued(before=queued_before, limit=limit):
-            if run.job not in self.registry:
-                continue
+        for run in self.ledger.stale_queued(before=queued_before, limit=limit, jobs=self.registry.names):
             try:
                 self.publish(run)
             except PublishFailed:

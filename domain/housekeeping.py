@@ -25,7 +25,8 @@ def _port(ctx: JobContext) -> Housekeeping:
 
 
 def reap_expired_leases(ctx: JobContext) -> Mapping[str, Any]:
-    """Turn `running` runs whose holder died (lease expired) into `lost`; RabbitMQ redelivers them."""
+    """Turn `running` runs whose holder died (lease expired) into `lost` (RabbitMQ redelivers them), or
+    `failed` if inline (no message comes back)."""
     limit = int_param(ctx.params, "batch_size", REAP_BATCH)
     reaped = _port(ctx).reap(limit=limit)
     return {"reaped": reaped, "has_more": reaped == limit}

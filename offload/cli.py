@@ -257,7 +257,7 @@ def status(ctx: Ctx) -> None:
 @cli.command()
 @pass_ctx
 def reap(ctx: Ctx) -> None:
-    """Mark runs whose lease expired (their worker died) as lost."""
+    """Mark runs whose lease expired (their worker died) lost; inline runs, with no message, failed."""
     click.echo(f"reaped {ctx.runtime.ledger.reap()} run(s)")
 
 

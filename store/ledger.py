@@ -28,7 +28,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from domain import keys
-from domain.runs import CLAIMABLE, FINAL, REOPENABLE, RunStatus
+from domain.runs import CLAIMABLE, FINAL, REOPENABLE, Mode, RunStatus
 from store.db import Direct, PgStatement, make_sessions, translate_errors
 from store.errors import LeaseLost
 from store.leases import PG_RELEASE_SLOT, PG_TAKE_SLOT, SqlLeases, holder, slot_params
@@ -518,7 +518,8 @@ class SqlLedger:
         """Mark `running` rows whose lease expired as `lost`; their messages are redelivered by RabbitMQ.
 
         An attempt that only overran its lease keeps its token and may still succeed, unless a
-        redelivery took the run over first.
+        redelivery took the run over first. An inline run has no message to come back: it is
+        `failed`, so a new trigger of its slot, the scheduler or a replay runs it again.
         """
         now = self._clock()
         with translate_errors(), self._sessions() as s:
@@ -530,8 +531,11 @@ class SqlLedger:
             ).all()
             for row in rows:
                 _record_claim(s, row)
-                row.status = RunStatus.LOST
-                row.updated_at = now
+                if row.mode == Mode.INLINE:
+                    _set(row, RunStatus.FAILED, now, error=("LeaseExpired", _INLINE_GONE))
+                else:
+                    row.status = RunStatus.LOST
+                    row.updated_at = now
                 _event(s, row, now, detail="reaped: lease expired")
             s.commit()
             return len(rows)
@@ -570,11 +574,18 @@ class SqlLedger:
         with translate_errors(), self._sessions() as s:
             return {job: _utc(slot) for job, slot in s.execute(query) if slot is not None}
 
-    def stale_queued(self, *, before: datetime, limit: int) -> Sequence[RunView]:
-        """Runs still `queued` whose last change is older than `before`, oldest first."""
+    def stale_queued(
+        self, *, before: datetime, limit: int, jobs: Sequence[str] | None = None
+    ) -> Sequence[RunView]:
+        """Runs still `queued` whose last change is older than `before`, oldest first; of `jobs` only,
+        if given."""
         query = (
             select(Run)
-            .where(Run.status == RunStatus.QUEUED, Run.updated_at < before)
+            .where(
+                Run.status == RunStatus.QUEUED,
+                Run.updated_at < before,
+                *([Run.job.in_(list(jobs))] if jobs is not None else []),
+            )
             .order_by(Run.updated_at)
             .limit(limit)
         )
@@ -617,10 +628,19 @@ class SqlLedger:
             return len(ids)
 
     def purge_run_events(self, *, before: datetime, limit: int) -> int:
-        """Delete up to `limit` run events recorded before `before`, oldest first."""
+        """Delete up to `limit` events of ended runs recorded before `before`, oldest first.
+
+        A run still in play (`lost`, `queued`, `deferred`, ...) keeps its whole history.
+        """
+        ended = select(Run.id).where(Run.status.in_([str(status) for status in FINAL]))
         with translate_errors(), self._sessions() as s:
             ids = list(
-                s.scalars(select(RunEvent.id).where(RunEvent.at < before).order_by(RunEvent.id).limit(limit))
+                s.scalars(
+                    select(RunEvent.id)
+                    .where(RunEvent.at < before, RunEvent.run_id.in_(ended))
+                    .order_by(RunEvent.id)
+                    .limit(limit)
+                )
             )
             if ids:
                 s.execute(delete(RunEvent).where(RunEvent.id.in_(ids)))
@@ -722,6 +742,9 @@ def _new_row(new: NewRun, now: datetime) -> dict[str, Any]:
         "updated_at": now,
         "replay_of": new.replay_of,
     }
+
+
+_INLINE_GONE = "the process running it inline stopped before it finished (its lease expired)"
 
 
 def _event_row(row: RunView, now: datetime) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, select
@@ -53,6 +54,26 @@ def test_reaper_job_marks_runs_whose_lease_expired_lost(runtime: Runtime) -> Non
     assert runtime.ledger.get("live-holder").status == RunStatus.RUNNING  # type: ignore[union-attr]
 
 
+def test_a_reaped_inline_run_is_failed_so_a_replay_or_its_next_trigger_runs_it_again(
+    runtime: Runtime,
+) -> None:
+    """No message comes back for an inline run whose process died: marked `lost`, nothing would
+    ever run it again (replay refuses `lost` runs, requeue-stale looks at `queued` ones, and the
+    scheduler counts the slot as handled)."""
+    inline = replace(new_run("inline-gone"), mode="inline")
+    old = at(runtime, datetime.now(UTC) - timedelta(hours=1))
+    old.record_dispatch(inline)
+    old.claim(inline, cap=2, lease_s=60, worker=Worker("gone", 1), max_attempts=1 << 30)
+
+    assert runtime.ledger.reap() == 1
+
+    run = runtime.ledger.get("inline-gone")
+    assert run is not None and (run.status, run.error_type) == (RunStatus.FAILED, "LeaseExpired")
+    assert [e.status for e in runtime.ledger.events("inline-gone")] == ["queued", "running", "failed"]
+    replay = runtime.dispatcher.replay("inline-gone")
+    assert (replay.duplicate, replay.status) == (False, RunStatus.QUEUED)
+
+
 def test_retention_deletes_old_ended_runs_and_events_a_batch_at_a_time(runtime: Runtime) -> None:
     old = at(runtime, datetime.now(UTC) - timedelta(days=45))
     for i in range(5):
@@ -85,6 +106,19 @@ def test_retention_deletes_old_ended_runs_and_events_a_batch_at_a_time(runtime: 
     assert orphans == 0
 
 
+def test_retention_keeps_the_history_of_a_run_that_has_not_ended(runtime: Runtime) -> None:
+    long_ago = datetime.now(UTC) - timedelta(days=45)
+    old = at(runtime, long_ago)
+    old.record_dispatch(new_run("still-in-play"))
+    old.claim(new_run("still-in-play"), cap=8, lease_s=60, worker=Worker("gone", 1), max_attempts=5)
+    assert at(runtime, long_ago + timedelta(minutes=5)).reap() == 1
+
+    runtime.dispatcher.dispatch("ledger-retention", trigger="cli", inline=True)
+
+    assert runtime.ledger.get("still-in-play").status == RunStatus.LOST  # type: ignore[union-attr]
+    assert [e.status for e in runtime.ledger.events("still-in-play")] == ["queued", "running", "lost"]
+
+
 def test_requeue_job_publishes_again_a_run_no_message_carries(runtime: Runtime, workers: Workers) -> None:
     # A dispatcher that died between recording the run and publishing it, a quarter of an hour ago.
     at(runtime, datetime.now(UTC) - timedelta(minutes=15)).record_dispatch(new_run("orphan"))
@@ -97,3 +131,16 @@ def test_requeue_job_publishes_again_a_run_no_message_carries(runtime: Runtime, 
     wait_for(lambda: runtime.ledger.get("orphan").status == RunStatus.SUCCEEDED, what="the orphan to run")  # type: ignore[union-attr]
     assert [e.status for e in runtime.ledger.events("orphan")] == ["queued", "queued", "running", "succeeded"]
     assert runtime.ledger.get("fresh").status == RunStatus.QUEUED  # type: ignore[union-attr]
+
+
+def test_requeue_is_not_held_up_by_runs_of_a_job_no_longer_registered(runtime: Runtime) -> None:
+    """Such runs were skipped but still filled the batch, oldest first: a stale run of a known job
+    behind a batch of them was never published again."""
+    now = datetime.now(UTC)
+    at(runtime, now - timedelta(minutes=30)).record_dispatch(replace(new_run("retired:1"), job="retired-job"))
+    at(runtime, now - timedelta(minutes=20)).record_dispatch(new_run("orphan"))
+
+    d = runtime.dispatcher.dispatch("requeue-stale", trigger="cli", inline=True, params={"batch_size": 1})
+
+    assert d.result is not None and d.result["requeued"] == 1
+    assert [e.status for e in runtime.ledger.events("orphan")] == ["queued", "queued"]
