@@ -195,27 +195,36 @@ class Dispatcher:
             replay_of=replay_of,
         )
 
-    def replay(self, key: str, *, correlation_id: str | None = None) -> Dispatch:
-        """Dispatch a dead, failed or missed run again as a new run with `replay_of` lineage.
+    def replay(
+        self,
+        key: str,
+        *,
+        correlation_id: str | None = None,
+        trigger: str = Trigger.REPLAY,
+        ended: frozenset[RunStatus] = REPLAYABLE,
+    ) -> Dispatch:
+        """Dispatch a run that ended in one of `ended` (dead, failed or missed) again, as a new run with
+        `replay_of` lineage.
 
         The new key is `<key>~replay<n>`, n counting this run's replays, so two operators replaying
-        the same run at once get one replay. While the latest replay has not ended without success,
-        replaying again answers it as a duplicate.
+        the same run at once get one replay. While the latest replay has not ended in one of
+        `ended`, replaying again answers it as a duplicate. Raises LookupError for an unknown key and
+        ValueError for a run that has not ended so.
         """
         run = self.ledger.get(key)
         if run is None:
             raise LookupError(f"no run with dispatch key {key!r}")
-        if run.status not in REPLAYABLE:
+        if run.status not in ended:
             raise ValueError(
-                f"run {key!r} is {run.status}; only {', '.join(sorted(REPLAYABLE))} runs are replayed"
+                f"run {key!r} is {run.status}; only {', '.join(sorted(ended))} runs are replayed"
             )
         n = self.ledger.replay_count(run.id) + 1
         latest = self.ledger.get(f"{key}~replay{n - 1}") if n > 1 else None
-        if latest is not None and latest.status not in REPLAYABLE:
+        if latest is not None and latest.status not in ended:
             return _answer(latest.mode, latest, duplicate=True)
         return self.dispatch(
             run.job,
-            trigger=Trigger.REPLAY,
+            trigger=trigger,
             params=run.params,
             key=f"{key}~replay{n}",
             correlation_id=correlation_id or run.correlation_id,

@@ -109,11 +109,16 @@ class WebhookEvents(Protocol):
     def mark_queued(self, event_id: int, *, at: datetime | None) -> None: ...
 
 
-class DrainQueue(Protocol):
-    """Queues the drain of one stored webhook event (the composition root binds it to the dispatcher)."""
+#: What a re-drive did: published a drain, found one still in play, or could not publish.
+Redrive = Literal["queued", "carried", "failed"]
 
-    def drain(self, event_id: int, *, key: str, correlation_id: str | None) -> bool:
-        """Publish a drain of `event_id` under dispatch key `key`; False when it could not be published."""
+
+class DrainQueue(Protocol):
+    """Queues a stored webhook event's drain again (the composition root binds it to the dispatcher)."""
+
+    def redrive(self, event_id: int, *, correlation_id: str | None) -> Redrive:
+        """Publish a drain of `event_id` unless one is still in play (the event's first drain, or its
+        latest re-drive, has not ended: a message carries it)."""
 
 
 #: What a per-client job keeps a "last done" time for, so each run takes the clients waited on longest.

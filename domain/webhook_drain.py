@@ -19,7 +19,7 @@ DRAIN_JOB = "webhook-drain"
 DRAIN_MAX_ATTEMPTS = 5
 #: The sweeper leaves alone events younger than this: their first drain message may still be on its way.
 SWEEP_OLDER_THAN_S = 60.0
-#: A queued event still open after this long lost its message (or its message died): queue it again.
+#: How long after queuing (or finding a drain in play) the sweeper looks at an open event again.
 SWEEP_REQUEUE_AFTER_S = 900.0
 SWEEP_BATCH_SIZE = 200
 _REASON_CHARS = 1000
@@ -37,9 +37,9 @@ class EventStatus(StrEnum):
 OPEN = frozenset({EventStatus.PENDING, EventStatus.RETRYING})
 
 
-def drain_key(event_id: int, *, via: str | None = None) -> str:
-    """The dispatch key of a drain: `webhook-drain:<id>`, or `webhook-drain:<id>:<via>` for a re-drive."""
-    return f"{DRAIN_JOB}:{event_id}" if via is None else f"{DRAIN_JOB}:{event_id}:{via}"
+def drain_key(event_id: int) -> str:
+    """The dispatch key of an event's first drain; its re-drives are replays of it (`<key>~replay<n>`)."""
+    return f"{DRAIN_JOB}:{event_id}"
 
 
 def lead_ref(event: EmailWebhook) -> str | None:
@@ -104,10 +104,14 @@ def drain_event(ctx: JobContext) -> Mapping[str, Any]:
 
 
 def sweep(ctx: JobContext) -> Mapping[str, Any]:
-    """Queue again the open events that no drain message is carrying, oldest first, bounded per run.
+    """Queue again the open events whose drains have all ended, oldest first, bounded per run.
 
-    Parameters (all optional): `older_than_s`, `requeue_after_s`, `batch_size`. Stops at the first
-    event that cannot be published: the broker is down, the next run tries again.
+    An event is looked at once it is `older_than_s` old and was last queued (or found carried)
+    `requeue_after_s` ago. A drain still in play (queued, deferred, retrying, running, lost) carries
+    the event: it is left alone, so a backlog does not multiply its messages (a `queued` drain whose
+    message is gone is requeue-stale's). Parameters (all optional): `older_than_s`,
+    `requeue_after_s`, `batch_size`. Stops at the first event that cannot be published: the broker
+    is down, the next run tries again.
     """
     queue = ctx.ports.drain_queue
     if queue is None:
@@ -123,21 +127,21 @@ def sweep(ctx: JobContext) -> Mapping[str, Any]:
         limit=limit,
     )
     uow.commit()
-    requeued = 0
+    outcomes = {"queued": 0, "carried": 0}
     publish_failed = False
     for event in due:
-        # Publish first, then record: a crash in between re-publishes under the same key, a duplicate.
-        if not queue.drain(
-            event.id, key=drain_key(event.id, via=ctx.key), correlation_id=event.correlation_id
-        ):
+        # Publish first, then record: a crash in between finds the new drain in play next time.
+        outcome = queue.redrive(event.id, correlation_id=event.correlation_id)
+        if outcome == "failed":
             publish_failed = True
             break
         uow.webhook_events.mark_queued(event.id, at=ctx.now)
         uow.commit()
-        requeued += 1
+        outcomes[outcome] += 1
     return {
         "found": len(due),
-        "requeued": requeued,
+        "requeued": outcomes["queued"],
+        "carried": outcomes["carried"],
         "publish_failed": publish_failed,
         "has_more": len(due) == limit,
     }

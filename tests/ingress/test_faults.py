@@ -84,7 +84,13 @@ def test_with_rabbitmq_down_cron_is_503_webhooks_are_kept_and_the_sweeper_drains
         swept = runtime.dispatcher.dispatch(
             "webhook-sweeper", trigger="cli", params={"older_than_s": 0}, inline=True
         )
-        assert swept.result == {"found": 3, "requeued": 3, "publish_failed": False, "has_more": False}
+        assert swept.result == {
+            "found": 3,
+            "requeued": 3,
+            "carried": 0,
+            "publish_failed": False,
+            "has_more": False,
+        }
         wait_for(
             lambda: all(e.status == "processed" for e in stored_events(runtime)),
             timeout_s=60,

@@ -12,13 +12,16 @@ import pytest
 
 from domain import webhook_drain
 from domain.errors import TransientError
-from domain.ports import Ports
+from domain.ports import Ports, Redrive
+from domain.runs import RunStatus
 from domain.webhook_drain import DRAIN_MAX_ATTEMPTS, drain_key
 from domain.webhooks import CORRELATION_HEADER, KNOWN_TYPES
 from offload.settings import Settings
 from offload.wiring import Runtime, build
+from store.ledger import SqlLedger
 from store.webhook_events import NewWebhookEvent
 from tests.ingress.conftest import effects_of, stored_events
+from tests.services import Rabbit
 from tests.support.jobs import TEST_REGISTRY
 from tests.support.procs import wait_for
 from tests.support.webhooks import RECORDING_PORTS, encode, payload
@@ -57,11 +60,12 @@ def store(
 
 
 def drain(runtime: Runtime, row_id: int, *, via: str | None = None) -> dict[str, object]:
+    """Drain `row_id` inline; `via` names another message of the same event (its own dispatch key)."""
     d = runtime.dispatcher.dispatch(
         "webhook-drain",
         trigger="cli",
         params={"event_id": row_id},
-        key=drain_key(row_id, via=via),
+        key=drain_key(row_id) + (f":{via}" if via else ""),
         inline=True,
     )
     run = runtime.ledger.get(d.dispatch_key)
@@ -204,17 +208,17 @@ def test_a_drain_without_an_event_id_fails_permanently(runtime: Runtime) -> None
 
 
 class Recorder:
-    """A DrainQueue that records what it was asked to publish, or refuses after `fail_after`."""
+    """A DrainQueue that records the events it was asked to re-drive, or refuses after `fail_after`."""
 
     def __init__(self, *, fail_after: int | None = None) -> None:
-        self.keys: list[str] = []
+        self.events: list[int] = []
         self.fail_after = fail_after
 
-    def drain(self, event_id: int, *, key: str, correlation_id: str | None) -> bool:
-        if self.fail_after is not None and len(self.keys) >= self.fail_after:
-            return False
-        self.keys.append(key)
-        return True
+    def redrive(self, event_id: int, *, correlation_id: str | None) -> Redrive:
+        if self.fail_after is not None and len(self.events) >= self.fail_after:
+            return "failed"
+        self.events.append(event_id)
+        return "queued"
 
 
 def sweep(runtime: Runtime, **params: object) -> dict[str, object]:
@@ -237,13 +241,9 @@ def test_the_sweeper_requeues_open_events_no_message_carries(settings: Settings)
         store(runtime, "e6", age_s=3600, queued_age_s=None, status="processed")
         store(runtime, "e7", age_s=3600, queued_age_s=None, status="ignored")
         result = sweep(runtime)
-        assert result == {"found": 3, "requeued": 3, "publish_failed": False, "has_more": False}
-        swept = [int(k.split(":")[1]) for k in recorder.keys]
+        assert result == {"found": 3, "requeued": 3, "carried": 0, "publish_failed": False, "has_more": False}
+        swept = recorder.events
         assert swept == [never_queued, lost_message, retrying]
-        assert all(
-            k.startswith(f"webhook-drain:{i}:webhook-sweeper:")
-            for i, k in zip(swept, recorder.keys, strict=True)
-        )
         assert all(event(runtime, i).queued_at is not None for i in swept)
         assert sweep(runtime, batch_size=7)["found"] == 0  # just queued: left alone
     finally:
@@ -258,6 +258,7 @@ def test_the_sweeper_is_bounded_per_run_and_stops_when_publishing_fails(settings
         assert sweep(runtime, batch_size=4) == {
             "found": 4,
             "requeued": 2,
+            "carried": 0,
             "publish_failed": True,
             "has_more": True,
         }
@@ -267,11 +268,59 @@ def test_the_sweeper_is_bounded_per_run_and_stops_when_publishing_fails(settings
 
 
 def test_the_sweeper_goes_through_the_dispatcher_by_default(runtime: Runtime) -> None:
-    row = store(runtime, "e1", age_s=120, queued_age_s=None)
+    row = store(runtime, "e1", age_s=120, queued_age_s=None)  # no drain on the ledger: a first one
     assert sweep(runtime)["requeued"] == 1
     [run] = [r for r in runtime.ledger.runs(job="webhook-drain")]
-    assert run.dispatch_key.startswith(f"webhook-drain:{row}:webhook-sweeper:")
+    assert run.dispatch_key == f"webhook-drain:{row}"
     assert run.status == "queued" and run.params == {"event_id": row}
+
+
+def _first_drain(runtime: Runtime, row: int, age: timedelta) -> str:
+    """Record the event's first drain as the intake does, `age` ago."""
+    key = drain_key(row)
+    then = SqlLedger(runtime.engine, clock=lambda: datetime.now(UTC) - age)
+    then.record_dispatch(
+        runtime.dispatcher.prepare("webhook-drain", trigger="http", params={"event_id": row}, key=key)
+    )
+    return key
+
+
+def test_the_sweeper_leaves_alone_an_event_whose_drain_is_still_in_play(runtime: Runtime) -> None:
+    """In a backlog the first drain waits (deferred for a slot of the cap) past the sweeper's 15
+    minutes: a re-drive under a new key made one more message per event per quarter hour."""
+    row = store(runtime, "e1", age_s=1200, queued_age_s=1200)
+    key = _first_drain(runtime, row, timedelta(minutes=20))
+    runtime.ledger.defer(key, detail="concurrency cap 8 reached")
+
+    assert sweep(runtime)["carried"] == 1
+    assert [r.dispatch_key for r in runtime.ledger.runs(job="webhook-drain")] == [key]
+    assert sweep(runtime, again=1)["found"] == 0  # looked at: left alone for another quarter hour
+
+
+def test_an_event_is_redriven_as_replays_of_its_first_drain_one_in_play_at_a_time(
+    runtime: Runtime, rabbit: Rabbit
+) -> None:
+    row = store(runtime, "e1", age_s=1200, queued_age_s=1200)
+    key = _first_drain(runtime, row, timedelta(minutes=20))
+    runtime.ledger.finish(key, RunStatus.FAILED, token=None, detail="enqueue failed: broker down")
+
+    assert sweep(runtime, requeue_after_s=0)["requeued"] == 1
+    first = runtime.ledger.get(f"{key}~replay1")
+    assert first is not None and first.status == "queued" and first.params == {"event_id": row}
+    # Its message is on its way: another sweep publishes nothing more.
+    assert sweep(runtime, requeue_after_s=0, again=1) == {
+        "found": 1,
+        "requeued": 0,
+        "carried": 1,
+        "publish_failed": False,
+        "has_more": False,
+    }
+    assert rabbit.message_count(runtime.registry["webhook-drain"].queue) == 1
+    # Once it has ended with the event still open, the next re-drive follows it.
+    runtime.ledger.finish(first.dispatch_key, RunStatus.DEAD, token=None, detail="retries exhausted")
+    assert sweep(runtime, requeue_after_s=0, again=2)["requeued"] == 1
+    second = runtime.ledger.get(f"{key}~replay2")
+    assert second is not None and second.replay_of == runtime.ledger.get(key).id  # type: ignore[union-attr]
 
 
 def test_a_redriven_drain_carries_the_correlation_id_of_the_request_that_delivered_the_event(
@@ -292,7 +341,6 @@ def test_a_redriven_drain_carries_the_correlation_id_of_the_request_that_deliver
 
 def test_drain_keys_name_the_event() -> None:
     assert webhook_drain.drain_key(7) == "webhook-drain:7"
-    assert webhook_drain.drain_key(7, via="x") == "webhook-drain:7:x"
 
 
 def test_a_sweep_run_by_a_worker_passes_its_correlation_id_on(runtime: Runtime) -> None:
