@@ -9,6 +9,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import dramatiq
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.middleware import Middleware, default_middleware
+from pika.exceptions import ChannelClosedByBroker
 
 from actors.concurrency_cap import ConcurrencyCap
 from actors.dedup import Dedup
@@ -86,3 +87,17 @@ def _declare(broker: dramatiq.Broker, spec: JobSpec, runner: JobRunner) -> Any:
         max_wait_ms=spec.max_wait_ms,
         lease_s=runner.lease_s(spec),
     )(body)
+
+
+def ready_messages(broker: RabbitmqBroker, queue: str) -> int:
+    """Messages ready for delivery in `queue` (0 if it does not exist), from a passive declare."""
+    channel = broker.connection.channel()
+    try:
+        return int(channel.queue_declare(queue, passive=True).method.message_count)
+    except ChannelClosedByBroker as e:
+        if e.reply_code == 404:
+            return 0
+        raise
+    finally:
+        if channel.is_open:
+            channel.close()

@@ -9,7 +9,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from pika.exceptions import AMQPError
+
 from actors import log_ids
+from actors.broker import ready_messages
 from actors.runner import JobRunner
 from domain import keys
 from domain.registry import JobSpec, Registry
@@ -251,10 +254,22 @@ class Dispatcher:
 
         A process that died between recording a run and publishing it, or a purged queue, leaves a
         run that no message carries. The message id derives from the key, so if the first message
-        does turn up, Dedup lets only one of the two run. Stops at the first failed publish.
+        does turn up, Dedup lets only one of the two run. A job whose queue holds ready messages is
+        left alone: its runs' messages may be waiting there (a backlog, workers down), and a copy
+        of each, every few minutes, would only lengthen the wait. Stops at the first failed publish.
         """
+        names = self.registry.names
+        if not self.ledger.stale_queued(before=queued_before, limit=1, jobs=names):
+            return 0
+        try:
+            idle = [
+                job for job in names if not ready_messages(self.actors[job].broker, self.registry[job].queue)
+            ]
+        except AMQPError as e:
+            logger.warning("Cannot ask RabbitMQ for queue depths (%s); requeueing nothing this time.", e)
+            return 0
         done = 0
-        for run in self.ledger.stale_queued(before=queued_before, limit=limit, jobs=self.registry.names):
+        for run in self.ledger.stale_queued(before=queued_before, limit=limit, jobs=idle):
             try:
                 self.publish(run)
             except PublishFailed:

@@ -11,6 +11,7 @@ from domain.runs import RunStatus
 from offload.wiring import Runtime
 from store.ledger import NewRun, SqlLedger, Worker
 from store.models import Run, RunEvent
+from tests.services import Rabbit
 from tests.support.procs import Workers, wait_for
 
 
@@ -144,3 +145,22 @@ def test_requeue_is_not_held_up_by_runs_of_a_job_no_longer_registered(runtime: R
 
     assert d.result is not None and d.result["requeued"] == 1
     assert [e.status for e in runtime.ledger.events("orphan")] == ["queued", "queued"]
+
+
+def test_requeue_leaves_alone_a_job_whose_queue_holds_messages(runtime: Runtime, rabbit: Rabbit) -> None:
+    """A message published again waits in the queue while nothing consumes it (a backlog, workers
+    down). Its run stays `queued`, so ten minutes on it was published once more: one more copy of
+    every such run every ten minutes."""
+    at(runtime, datetime.now(UTC) - timedelta(minutes=15)).record_dispatch(new_run("orphan"))
+    assert (
+        runtime.dispatcher.requeue_stale(queued_before=datetime.now(UTC) - timedelta(minutes=10), limit=10)
+        == 1
+    )
+    queue = runtime.registry["test-record"].queue
+    assert rabbit.message_count(queue) == 1
+
+    assert (
+        runtime.dispatcher.requeue_stale(queued_before=datetime.now(UTC) + timedelta(seconds=1), limit=10)
+        == 0
+    )
+    assert rabbit.message_count(queue) == 1
