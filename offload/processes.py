@@ -78,6 +78,10 @@ def dev(click_ctx: click.Context, no_web: bool) -> None:
     sys.exit(Supervisor(children).run())
 
 
+#: The exit code of a process that refuses to start (a setting, a port in use): `offload: ...`.
+REFUSED = 2
+
+
 @dataclass
 class Child:
     name: str
@@ -86,6 +90,7 @@ class Child:
     started_at: float = 0.0
     backoff_s: float = 0.0
     restart_at: float | None = None
+    starts: int = 0
     readers: list[threading.Thread] = field(default_factory=list)
 
 
@@ -93,7 +98,9 @@ class Supervisor:
     """Runs child processes with prefixed output, restarts a crashed one with backoff, stops all cleanly.
 
     Each child leads a process group of its own, so stopping it also ends whatever it started, and
-    Ctrl-C at a terminal reaches the supervisor alone.
+    Ctrl-C at a terminal reaches the supervisor alone. A child whose first start is refused (exit
+    2: a setting, a port in use) stops them all: restarting it would only say so again. Exit 2
+    after it has run (the broker gone at a restart, say) is a crash like any other.
 
     Parameters:
       children: (name, argv) of each child.
@@ -119,11 +126,13 @@ class Supervisor:
         self.stable_s = stable_s
         self.stop_timeout_s = stop_timeout_s
         self.stopping = False
+        self.exit_code = 0
         self._lock = threading.Lock()
         self._width = max((len(c.name) for c in self.children), default=3)
 
     def run(self) -> int:
-        """Supervise until SIGINT, SIGTERM or SIGHUP; returns 0 once every child has stopped.
+        """Supervise until SIGINT, SIGTERM or SIGHUP, or a child's first start is refused; returns 0,
+        or 2 after a refused start, once every child has stopped.
 
         The children lead sessions of their own, so a closed terminal's hangup reaches only this
         process, which passes it on as a stop.
@@ -140,7 +149,7 @@ class Supervisor:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-        return 0
+        return self.exit_code
 
     def say(self, name: str, line: str) -> None:
         with self._lock, contextlib.suppress(OSError):  # a closed terminal must not stop a stop
@@ -156,6 +165,7 @@ class Supervisor:
             child.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
         child.proc, child.started_at, child.restart_at = proc, time.monotonic(), None
+        child.starts += 1
         reader = threading.Thread(target=self._pump, args=(child.name, proc), daemon=True)
         reader.start()
         child.readers.append(reader)
@@ -178,6 +188,10 @@ class Supervisor:
             if code is None:
                 continue
             _kill_group(child.proc.pid)
+            if code == REFUSED and child.starts == 1:
+                self.say("dev", f"{child.name} refused to start (exit {code}); stopping")
+                self.stopping, self.exit_code = True, REFUSED
+                return
             if now - child.started_at >= self.stable_s:
                 child.backoff_s = self.min_backoff_s
             else:

@@ -14,7 +14,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import click
 
-from offload.settings import Settings
+from offload.settings import Settings, SettingsError
 
 logger = logging.getLogger(__name__)
 
@@ -148,7 +148,14 @@ def run(runtime: Any, *, host: str, port: int, threads: int) -> None:
     # waitress warns "Task queue depth is N" whenever a request waits for a thread: routine under load.
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     cap = runtime.settings.webhook_body_cap_bytes
-    server = make_server(make_app(runtime), body_cap_bytes=cap, host=host, port=port, threads=threads)
+    try:
+        server = make_server(make_app(runtime), body_cap_bytes=cap, host=host, port=port, threads=threads)
+    except OSError as e:
+        runtime.close()
+        raise SettingsError(
+            f"cannot listen on {host}:{port} ({e.strerror or e}); "
+            "stop what holds it, or set OFFLOAD_WEB_PORT / OFFLOAD_WEB_HOST"
+        ) from None
     stop = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:

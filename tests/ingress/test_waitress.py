@@ -224,3 +224,22 @@ def test_the_server_refuses_an_announced_body_over_the_cap_before_reading_it_in_
         status, headers, data = raw_exchange(port, [*post, "Content-Length: ten"])
         assert status == "HTTP/1.1 400 Bad Request" and headers["content-type"] == "application/json"
         assert json.loads(data)["error"]["code"] == "bad_request"
+
+
+def test_a_port_in_use_is_one_line_and_exit_2(settings: Settings) -> None:
+    """Not a traceback, and not a crash `offload dev` would restart in a loop."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "offload", "web", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=ROOT,
+            env=env_for(settings, OFFLOAD_CRON_SECRET=CRON_SECRET),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 2, result.stderr
+    assert f"offload: cannot listen on 127.0.0.1:{port} (Address already in use)" in result.stderr
+    assert "Traceback" not in result.stderr

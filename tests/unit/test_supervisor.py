@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import re
 import signal
@@ -57,3 +58,38 @@ def test_a_signal_that_stops_the_supervisor_stops_its_children(signum: signal.Si
         if child is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(child, signal.SIGKILL)
+
+
+def test_a_child_refusing_its_first_start_stops_them_all_with_exit_2() -> None:
+    """A port in use or a bad setting: a restart would only be refused again, in a loop."""
+    code = """
+import sys
+from offload.processes import Supervisor
+refuses = [sys.executable, "-c", "import sys; sys.exit(2)"]
+sleeper = [sys.executable, "-c", "import time; time.sleep(300)"]
+sys.exit(Supervisor([("web", refuses), ("sleeper", sleeper)], stop_timeout_s=5).run())
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stdout
+    assert "web refused to start (exit 2); stopping" in done.stdout
+    assert "restarting" not in done.stdout
+
+
+def test_a_child_exiting_2_after_it_ran_is_restarted() -> None:
+    """The broker gone when a crashed worker restarts: that one comes back when the broker does."""
+    from offload.processes import Supervisor
+
+    sup = Supervisor([("worker", [sys.executable, "-c", "import sys; sys.exit(2)"])], out=io.StringIO())
+    [child] = sup.children
+    child.proc = subprocess.Popen(child.argv)
+    child.proc.wait()
+    child.starts = 2  # its first start ran; this is a restart
+    sup._check()
+    assert child.restart_at is not None and not sup.stopping
