@@ -227,7 +227,7 @@ def replay(ctx: Ctx, key: str) -> None:
 @pass_ctx
 def status(ctx: Ctx) -> None:
     """Each job's queues (from the RabbitMQ management API), its slots held of its concurrency cap,
-    and its runs on the ledger."""
+    and its runs on the ledger; then the webhook events by status."""
     from offload.management import queue_depths
 
     runtime = ctx.runtime
@@ -252,6 +252,10 @@ def status(ctx: Ctx) -> None:
         ]
         row = f"{spec.name:30} {cells[0]:>6} {cells[1]:>7} {cells[2]:>7} {cells[3]:>6} {cells[4]:>7}"
         click.echo(f"{row} {cells[5]:>5}  {ledger}")
+    with runtime.uow() as uow:
+        events = uow.webhook_events.counts()
+    # A drain that ends an event `failed` (its handler refused it) succeeds as a run: say so here.
+    click.echo("webhook events: " + (" ".join(f"{st}={n}" for st, n in sorted(events.items())) or "none"))
 
 
 @cli.command()

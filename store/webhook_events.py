@@ -170,11 +170,10 @@ class SqlWebhookEvents:
     def mark_queued(self, event_id: int, *, at: datetime | None) -> None:
         self._s.execute(update(WebhookEvent).where(WebhookEvent.id == event_id).values(queued_at=at))
 
-    def count(self, *, status: str | None = None) -> int:
-        query = select(func.count()).select_from(WebhookEvent)
-        if status is not None:
-            query = query.where(WebhookEvent.status == status)
-        return int(self._s.execute(query).scalar_one())
+    def counts(self) -> dict[str, int]:
+        """How many events are in each status."""
+        query = select(WebhookEvent.status, func.count()).group_by(WebhookEvent.status)
+        return {status: int(n) for status, n in self._s.execute(query)}
 
 
 def _insert_or_nothing(insert: Any) -> Any:

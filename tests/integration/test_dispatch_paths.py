@@ -19,6 +19,7 @@ from offload.settings import Settings
 from offload.wiring import Runtime, build
 from store.ledger import Worker
 from store.models import BackgroundJobRow
+from store.webhook_events import NewWebhookEvent
 from tests.support.jobs import TEST_PORTS, TEST_REGISTRY
 from tests.support.procs import ROOT, env_for, wait_for
 from tests.support.proxy import Proxy
@@ -125,9 +126,25 @@ def test_status_joins_queue_depths_with_slots_held_and_the_ledger(
     runtime.ledger.record_dispatch(held)
     claim = runtime.ledger.claim(held, cap=1, lease_s=60, worker=Worker("here", 1), max_attempts=3)
     assert claim.outcome == "claimed"
+    with runtime.uow() as uow:  # an event its handler refused: its drain run succeeded
+        uow.webhook_events.add(
+            NewWebhookEvent(
+                provider="email",
+                provider_event_id="e1",
+                event_type="EMAIL_SENT",
+                lead_ref=None,
+                headers={},
+                body="{}",
+                status="failed",
+                status_reason="PermanentError: unknown workspace 'ws1'",
+                received_at=datetime.now(UTC),
+                queued_at=None,
+            )
+        )
+        uow.commit()
 
-    def line() -> str:
-        out = subprocess.run(
+    def status() -> str:
+        return subprocess.run(
             [sys.executable, "-m", "offload.cli", "status"],
             cwd=ROOT,
             env=env_for(settings),
@@ -136,11 +153,14 @@ def test_status_joins_queue_depths_with_slots_held_and_the_ledger(
             timeout=60,
             check=True,
         ).stdout
-        return next(row for row in out.splitlines() if row.startswith("background-jobs"))
+
+    def line() -> str:
+        return next(row for row in status().splitlines() if row.startswith("background-jobs"))
 
     # The management API refreshes queue statistics every few seconds.
     row = wait_for(lambda: (r := line()).split()[1] == "1" and r, timeout_s=30, every_s=1, what="queue stats")
     assert row.split()[6:] == ["1/1", "queued=1", "running=1"]
+    assert status().splitlines()[-1] == "webhook events: failed=1"
 
 
 def test_status_says_which_of_the_management_credentials_or_the_vhost_is_wrong(settings: Settings) -> None:
