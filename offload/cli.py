@@ -22,23 +22,29 @@ def main() -> None:
         click.echo(f"offload: {e}", err=True)
         sys.exit(2)
     except StoreError as e:
-        click.echo(f"offload: database: {e}{_unmigrated_hint()}", err=True)
+        click.echo(f"offload: database {_database_hint()}: {e}", err=True)
         sys.exit(1)
 
 
-def _unmigrated_hint() -> str:
-    """After a database error, whether the database lacks migrations (when it can be asked)."""
+def _database_hint() -> str:
+    """After a database error: which database (a SQLite path is relative to where offload runs),
+    and whether it lacks migrations (when it can be asked)."""
     from store import db as store_db
     from store.errors import StoreError
 
-    engine = store_db.make_engine(Settings.load().database_url)
+    url = Settings.load().database_url
+    engine = store_db.make_engine(url)
     try:
         behind = store_db.current_revision(engine) != store_db.head_revision()
     except StoreError:
-        return ""
+        behind = False
     finally:
         engine.dispose()
-    return " (the database is not migrated: run `offload db upgrade`)" if behind else ""
+    where = redact(url)
+    path = engine.url.database
+    if engine.url.get_backend_name() == "sqlite" and path and not os.path.isabs(path):
+        where += f" (that is {os.path.abspath(path)})"
+    return where + (", not migrated (run `offload db upgrade` against it)" if behind else "")
 
 
 class Ctx:

@@ -10,15 +10,16 @@ from domain import keys
 from domain.runs import RunStatus
 from store import db
 from store.ledger import NewRun, SqlLedger
-from tests.support.procs import run_cli
+from tests.support.procs import ROOT, run_cli
 
 
-def test_a_database_without_migrations_says_how_to_migrate_it(tmp_path: Path) -> None:
+def test_a_database_without_migrations_says_which_and_how_to_migrate_it(tmp_path: Path) -> None:
     env = {"OFFLOAD_DATABASE_URL": f"sqlite:///{tmp_path / 'fresh.db'}"}
     result = run_cli(env, "runs")
     assert result.returncode == 1
-    assert result.stderr.startswith("offload: database: ")
-    assert "not migrated: run `offload db upgrade`" in result.stderr
+    database = f"sqlite:///{tmp_path / 'fresh.db'}"
+    hint = "not migrated (run `offload db upgrade` against it)"
+    assert result.stderr.startswith(f"offload: database {database}, {hint}: "), result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert run_cli(env, "db", "upgrade").returncode == 0
     assert run_cli(env, "runs").returncode == 0
@@ -27,9 +28,17 @@ def test_a_database_without_migrations_says_how_to_migrate_it(tmp_path: Path) ->
 def test_an_unreachable_database_is_one_line_without_a_migration_hint() -> None:
     result = run_cli({"OFFLOAD_DATABASE_URL": "postgresql://postgres@127.0.0.1:1/test"}, "runs")
     assert result.returncode == 1
-    assert result.stderr.startswith("offload: database: ") and "port 1" in result.stderr
+    assert result.stderr.startswith("offload: database postgresql+psycopg://postgres@127.0.0.1:1/test: ")
+    assert "port 1" in result.stderr
     assert "migrate" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_a_relative_sqlite_path_is_named_where_it_resolves(tmp_path: Path) -> None:
+    """`./offload.db` is relative to where offload runs: from another directory it is another file."""
+    result = run_cli({"OFFLOAD_DATABASE_URL": "sqlite:///no/such/dir/x.db"}, "runs")
+    assert result.returncode == 1
+    assert f"sqlite:///no/such/dir/x.db (that is {ROOT / 'no/such/dir/x.db'})" in result.stderr, result.stderr
 
 
 @pytest.mark.parametrize(
