@@ -85,8 +85,6 @@ def cli(verbose: bool) -> None:
     from offload.logs import configure_logging
 
     configure_logging(level=logging.INFO if verbose else logging.WARNING)
-    # pika logs every failed connection attempt at ERROR; our own one-line errors say it better.
-    logging.getLogger("pika").setLevel(logging.WARNING if verbose else logging.CRITICAL)
 
 
 @cli.group()
@@ -294,13 +292,9 @@ def _params(pairs: tuple[str, ...]) -> dict[str, Any]:
 
 def require_broker(settings: Settings) -> None:
     """Stop with one line saying how to start RabbitMQ when it cannot be reached."""
-    import logging
 
     from offload.web import broker_probe
 
-    pika_logger = logging.getLogger("pika")
-    level = pika_logger.level
-    pika_logger.setLevel(logging.CRITICAL)  # the one line below says it all
     try:
         broker_probe(settings.broker_url)()  # one connection attempt with a socket timeout
     except Exception as e:
@@ -310,8 +304,6 @@ def require_broker(settings: Settings) -> None:
             err=True,
         )
         sys.exit(2)
-    finally:
-        pika_logger.setLevel(level)
 
 
 def _register() -> None:

@@ -24,6 +24,19 @@ def configure_logging(*, level: int, replace: bool = False) -> None:
       replace: drop the root logger's handlers first.
     """
     logging.basicConfig(level=level, handlers=[log_handler()], force=replace)
+    quiet_libraries()
+
+
+def quiet_libraries() -> None:
+    """Keep library chatter out of the log; what matters, offload and dramatiq say themselves.
+
+    pika logs a traceback at ERROR for every connection it finds lost. A thread's publishing
+    connection that sat idle past two heartbeats is one: RabbitMQ closed it, and its next publish
+    reconnects (dramatiq retries the enqueue) and succeeds. A publish that does fail is reported by
+    offload; a consumer's lost connection, by dramatiq. alembic announces each plugin it sets up.
+    """
+    logging.getLogger("pika").setLevel(logging.CRITICAL)
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
 
 def log_handler(stream: IO[str] | None = None) -> logging.Handler:

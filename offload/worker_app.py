@@ -10,7 +10,6 @@ from offload.wiring import build
 
 # The Dramatiq CLI configured logging (and its level, from its -v) before importing this module.
 configure_logging(level=logging.getLogger().level, replace=True)
-logging.getLogger("pika").setLevel(logging.WARNING)
 logging.getLogger("alembic").setLevel(logging.WARNING)
 
 runtime = build(Settings.load())
