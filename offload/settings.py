@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from typing import Annotated
 from urllib.parse import urlsplit
 
@@ -173,12 +174,22 @@ class Settings(BaseSettings):
         try:
             return cls()
         except PydanticSettingsError as e:
-            raise SettingsError(str(e).splitlines()[0]) from None
+            # "error parsing value for field "schedules" from source ...": a JSON value that is not JSON
+            parsed = re.search(r'field "(\w+)"', str(e))
+            if parsed is None:
+                raise SettingsError(str(e).splitlines()[0]) from None
+            cause = f" ({e.__cause__})" if e.__cause__ else ""
+            raise SettingsError(f"{_env_name(parsed.group(1))}: not valid JSON{cause}") from None
         except ValidationError as e:
             err = e.errors()[0]
-            field = str(err["loc"][0]).upper() if err["loc"] else "?"
-            name = field if field.startswith("OFFLOAD_") else f"OFFLOAD_{field}"
-            raise SettingsError(f"{name}: {err['msg']}") from None
+            name = _env_name(str(err["loc"][0])) if err["loc"] else "?"
+            raise SettingsError(f"{name}: {err['msg'].removeprefix('Value error, ')}") from None
+
+
+def _env_name(field: str) -> str:
+    """The variable a field is read from, as the user would have set it."""
+    field = field.upper().removeprefix("OFFLOAD_")
+    return "OFFLOAD_CRON_SECRET (or CRON_SECRET)" if field == "CRON_SECRET" else f"OFFLOAD_{field}"
 
 
 def redact(url: str) -> str:

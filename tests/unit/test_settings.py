@@ -25,6 +25,9 @@ from tests.support.procs import run_cli
         ({"OFFLOAD_MANAGEMENT_URL": "http://guest:guest@127.0.0.1:99999"}, "OFFLOAD_MANAGEMENT_URL"),
         ({"OFFLOAD_DATABASE_URL": "postgresql+psycopg2://u@h/db"}, "got scheme 'postgresql+psycopg2'"),
         ({"OFFLOAD_DATABASE_URL": "postgresql://u@h:port/db"}, "the port is not a port"),
+        ({"OFFLOAD_SCHEDULES": "{bad"}, "offload: OFFLOAD_SCHEDULES: not valid JSON"),
+        ({"CRON_SECRET": "short"}, "offload: OFFLOAD_CRON_SECRET (or CRON_SECRET): must be at least 16"),
+        ({"OFFLOAD_CRON_SECRET": "short"}, "offload: OFFLOAD_CRON_SECRET (or CRON_SECRET): must be at least"),
     ],
 )
 def test_bad_setting_refuses_to_start_with_one_line(env: dict[str, str], fragment: str) -> None:
@@ -32,6 +35,7 @@ def test_bad_setting_refuses_to_start_with_one_line(env: dict[str, str], fragmen
     assert result.returncode == 2
     assert fragment in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Value error" not in result.stderr and "EnvSettingsSource" not in result.stderr
 
 
 @pytest.mark.parametrize("scheme", ["postgresql", "postgres"])
