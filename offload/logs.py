@@ -6,6 +6,7 @@ import logging
 from typing import IO
 
 from actors.log_ids import LogIds
+from domain.errors import TransientError
 
 FORMAT = (
     "%(asctime)s [PID %(process)d %(threadName)s] %(levelname)s %(name)s"
@@ -46,5 +47,18 @@ def log_handler(stream: IO[str] | None = None) -> logging.Handler:
     """
     handler = logging.StreamHandler(stream)
     handler.addFilter(LogIds())
+    handler.addFilter(transient_as_warning)
     handler.setFormatter(logging.Formatter(FORMAT))
     return handler
+
+
+def transient_as_warning(record: logging.LogRecord) -> bool:
+    """dramatiq logs every exception an actor raises at ERROR, with its traceback. A TransientError
+    is a job saying "not yet" (an older event of the lead still open, a provider's 503), and
+    dramatiq retries it: one WARNING line, without the traceback."""
+    exc = record.exc_info[1] if record.exc_info else None
+    if isinstance(exc, TransientError) and record.name.startswith("dramatiq"):
+        record.msg, record.args = f"{record.getMessage()} {type(exc).__name__}: {exc}", ()
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.exc_info = record.exc_text = None
+    return True
