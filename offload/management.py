@@ -14,6 +14,9 @@ class ManagementUnavailable(click.ClickException):
 
     exit_code = 3
 
+    def show(self, file: Any = None) -> None:
+        click.echo(f"offload: {self.format_message()}", err=True)  # as every other refusal says it
+
 
 def queue_depths(management_url: str, broker_url: str) -> dict[str, dict[str, Any]]:
     """Queue name -> the management API's queue object, for the broker URL's vhost."""

@@ -177,7 +177,8 @@ def test_status_says_which_of_the_management_credentials_or_the_vhost_is_wrong(s
             capture_output=True,
             text=True,
         )
-        assert result.returncode == 3 and fragment in result.stderr, result.stderr
+        assert result.returncode == 3 and result.stderr.startswith("offload: "), result.stderr
+        assert fragment in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
