@@ -180,10 +180,18 @@ def dispatch(ctx: Ctx, job: str, inline: bool | None, params: tuple[str, ...]) -
 def runs(ctx: Ctx, job: str | None, status: str | None, limit: int, as_json: bool) -> None:
     """The newest runs on the ledger."""
     check_job(ctx, job)
-    for run in ctx.runtime.ledger.runs(job=job, status=status, limit=limit):
-        if as_json:
+    found = ctx.runtime.ledger.runs(job=job, status=status, limit=limit)
+    if as_json:
+        for run in found:
             click.echo(json.dumps(run.asdict()))
-            continue
+        return
+    if not found:
+        click.echo("no runs")
+        return
+    click.echo(
+        f"{'queued (UTC)':19} {'status':9} {'job':28} attempt, duplicates, duration, trigger, mode, key"
+    )
+    for run in found:
         took = (
             f"{(run.finished_at - run.started_at).total_seconds():.2f}s"
             if run.finished_at and run.started_at

@@ -212,6 +212,11 @@ def test_export_lists_runs_with_history_and_verify_flags_expired_leases(
             timeout=60,
         )
 
+    header, row = cli("runs").stdout.splitlines()
+    assert header.startswith("queued (UTC)        status    job ")
+    assert row.split()[2:4] == ["succeeded", "test-record"] and row.endswith(ok.dispatch_key)
+    assert cli("runs", "--job", "background-jobs").stdout == "no runs\n"
+
     lines = [json.loads(line) for line in cli("export").stdout.splitlines()]
     assert [(r["dispatch_key"], [e["status"] for e in r["events"]]) for r in lines] == [
         (ok.dispatch_key, ["queued", "running", "succeeded"])
