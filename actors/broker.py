@@ -24,12 +24,25 @@ from store.ledger import SqlLedger
 
 HEARTBEAT_S = 30
 TCP_USER_TIMEOUT_MS = 30_000
+#: How long a publish waits while RabbitMQ blocks publishers (a memory or disk alarm) before it gives
+#: the connection up; dramatiq's enqueue tries six connections, so a publish fails after about 30 s.
+BLOCKED_TIMEOUT_S = 5
 
 
 def make_broker(
-    *, url: str, ledger: SqlLedger, leases: SqlLeases, extra: list[Middleware] | None = None
+    *,
+    url: str,
+    ledger: SqlLedger,
+    leases: SqlLeases,
+    extra: list[Middleware] | None = None,
+    wait_out_alarms: bool = False,
 ) -> RabbitmqBroker:
     """A confirming RabbitMQ broker: LogContext, Dedup, ConcurrencyCap and StatusLedger run before the rest.
+
+    While a RabbitMQ resource alarm blocks publishers, a publish fails after about 30 s, so a cron
+    route answers 503 and a webhook `queued: false` rather than hang; with `wait_out_alarms` (a
+    worker, whose retries and deferrals would otherwise be dead-lettered) it waits for the alarm to
+    clear, the back-pressure RabbitMQ intends.
 
     Their before-hooks run first, in that order: put the message's ids on log records, claim the run
     with a slot, decide what a full cap means. Their after-hooks run last, in reverse: record the
@@ -45,16 +58,21 @@ def make_broker(
     # dramatiq's defaults, with a Retries that dead-letters a retry the broker refuses
     rest = [(Retries if m is dramatiq.middleware.Retries else m)() for m in default_middleware]
     return RabbitmqBroker(
-        url=with_connection_defaults(url), confirm_delivery=True, middleware=[*front, *rest, *(extra or [])]
+        url=with_connection_defaults(url, blocked_timeout_s=None if wait_out_alarms else BLOCKED_TIMEOUT_S),
+        confirm_delivery=True,
+        middleware=[*front, *rest, *(extra or [])],
     )
 
 
-def with_connection_defaults(url: str) -> str:
+def with_connection_defaults(url: str, *, blocked_timeout_s: float | None = None) -> str:
     """`url` with an AMQP heartbeat (pika's default is the server's, 60 s) and a TCP user timeout,
     each unless it names one: a broker that goes silent (a cable pulled) fails a publish waiting on
-    it after 30 s, where the heartbeat alone takes 60 to 90."""
+    it after 30 s, where the heartbeat alone takes 60 to 90. With `blocked_timeout_s`, a connection
+    RabbitMQ blocks (a resource alarm) is given up after that long, unless the URL says otherwise."""
     parts = urlsplit(url)
     query = dict(parse_qsl(parts.query))
+    if blocked_timeout_s is not None:
+        query.setdefault("blocked_connection_timeout", str(blocked_timeout_s))
     query.setdefault("heartbeat", str(HEARTBEAT_S))
     query.setdefault("tcp_options", f"{{'TCP_USER_TIMEOUT': {TCP_USER_TIMEOUT_MS}}}")
     query.setdefault("connection_attempts", "2")

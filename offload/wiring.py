@@ -85,7 +85,10 @@ class Runtime:
         self.engine.dispose()
 
 
-def build(settings: Settings, *, registry: Registry = JOBS, ports: Ports | None = None) -> Runtime:
+def build(
+    settings: Settings, *, registry: Registry = JOBS, ports: Ports | None = None, worker: bool = False
+) -> Runtime:
+    """Everything a process needs; `worker` for a worker process (it waits out RabbitMQ's alarms)."""
     settings.check_jobs(registry.names)
     registry = settings.scheduled(registry)
     engine = db.make_engine(
@@ -109,7 +112,7 @@ def build(settings: Settings, *, registry: Registry = JOBS, ports: Ports | None 
         ports=with_providers(ports, settings, sessions),
         lease_grace_s=settings.lease_grace_s,
     )
-    broker = make_broker(url=settings.broker_url, ledger=ledger, leases=leases)
+    broker = make_broker(url=settings.broker_url, ledger=ledger, leases=leases, wait_out_alarms=worker)
     actors = dict(declare_actors(broker, registry, runner))
     dispatcher = Dispatcher(
         registry=registry,

@@ -12,5 +12,5 @@ from offload.wiring import build
 configure_logging(level=logging.getLogger().level, replace=True)
 logging.getLogger("alembic").setLevel(logging.WARNING)
 
-runtime = build(Settings.load())
+runtime = build(Settings.load(), worker=True)
 broker = runtime.broker

@@ -16,7 +16,6 @@ from tests.support import domain_hooks
 from tests.support.jobs import TEST_PORTS, TEST_REGISTRY
 
 configure_logging(level=logging.getLogger().level, replace=True)
-logging.getLogger("pika").setLevel(logging.WARNING)
 
 ports = TEST_PORTS
 if os.environ.get("OFFLOAD_TEST_WEBHOOK_HANDLERS") == "record":
@@ -24,6 +23,6 @@ if os.environ.get("OFFLOAD_TEST_WEBHOOK_HANDLERS") == "record":
 
     ports = RECORDING_PORTS
 
-runtime = build(Settings.load(), registry=TEST_REGISTRY, ports=ports)
+runtime = build(Settings.load(), registry=TEST_REGISTRY, ports=ports, worker=True)
 domain_hooks.install(runtime)
 broker = runtime.broker
