@@ -63,7 +63,9 @@ class Settings(BaseSettings):
     #: job -> cron expression (or null: never scheduled), as JSON, overriding the registry's.
     schedules: dict[str, str | None] = Field(default_factory=dict)
     scheduler_grace_s: float = Field(60.0, gt=0)
-    ledger_retention_days: float = Field(30.0, gt=0)
+    #: At least a day: a restarted scheduler resumes from the runs of the last day (its missed-slot
+    #: window), and a late copy of a message finds its run's key, so neither runs a slot twice.
+    ledger_retention_days: float = Field(30.0, ge=1)
     run_event_retention_days: float = Field(30.0, gt=0)
 
     @field_validator("inline_jobs", "webhook_inline_types", mode="before")

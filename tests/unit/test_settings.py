@@ -26,6 +26,10 @@ from tests.support.procs import run_cli
         ({"OFFLOAD_DATABASE_URL": "postgresql+psycopg2://u@h/db"}, "got scheme 'postgresql+psycopg2'"),
         ({"OFFLOAD_DATABASE_URL": "postgresql://u@h:port/db"}, "the port is not a port"),
         ({"OFFLOAD_SCHEDULES": "{bad"}, "offload: OFFLOAD_SCHEDULES: not valid JSON"),
+        (
+            {"OFFLOAD_LEDGER_RETENTION_DAYS": "0.5"},
+            "OFFLOAD_LEDGER_RETENTION_DAYS: Input should be greater than",
+        ),
         ({"CRON_SECRET": "short"}, "offload: OFFLOAD_CRON_SECRET (or CRON_SECRET): must be at least 16"),
         ({"OFFLOAD_CRON_SECRET": "short"}, "offload: OFFLOAD_CRON_SECRET (or CRON_SECRET): must be at least"),
     ],
