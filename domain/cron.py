@@ -87,14 +87,20 @@ def _has(field: Sequence[object], value: int) -> bool:
 def latest_fire(expr: str, tz: str, *, now: datetime) -> datetime:
     """The latest fire time at or before `now` (the schedule slot `now` belongs to), in UTC."""
     now = now.astimezone(UTC).replace(second=0, microsecond=0)
-    # Two steps back give a point safely before the latest fire even where get_prev errs by one
-    # fire across a fold or lands in a gap; then the forward sequence decides.
+    # Step back with get_prev, then let the forward sequence decide: any fire it finds after the
+    # anchor is the latest. Two steps cover get_prev erring by one fire across a fold or landing
+    # in a gap; more are needed where `fires` skips the second pass of a repeated hour.
     back = _iterator(expr, now.astimezone(ZoneInfo(tz)) + timedelta(seconds=1))
     back.get_prev(datetime)
-    anchor: datetime = back.get_prev(datetime).astimezone(UTC) - timedelta(minutes=1)
-    latest = None
-    for at in fires(expr, tz, after=anchor, until=now):
-        latest = at
-    if latest is None:
-        raise ValueError(f"no fire time of {expr!r} in {tz} found at or before {now.isoformat()}")
-    return latest
+    for _ in range(_MAX_STEPS_BACK):
+        anchor: datetime = back.get_prev(datetime).astimezone(UTC) - timedelta(minutes=1)
+        latest = None
+        for at in fires(expr, tz, after=anchor, until=now):
+            latest = at
+        if latest is not None:
+            return latest
+    raise ValueError(f"no fire time of {expr!r} in {tz} found at or before {now.isoformat()}")
+
+
+#: More than the fires of a repeated hour (at most 60 a minute apart, more for a two-hour fold).
+_MAX_STEPS_BACK = 200

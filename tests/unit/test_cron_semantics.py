@@ -76,6 +76,8 @@ EXPRESSIONS = [
     "59 23 31 dec *",
     "30 2 * * *",
     "30 1 * * *",
+    "0,30 1 * * *",
+    "0,30 2 * * *",
     "0 2 * * *",
     "0 3 * * *",
     "*/20 1-3 * * 0",
@@ -283,6 +285,27 @@ def test_a_job_at_01_30_runs_once_when_new_york_repeats_the_hour() -> None:
     assert keys.schedule_slot("30 1 * * *", "America/New_York", utc(2026, 11, 1, 6, 45)) == utc(
         2026, 11, 1, 5, 30
     )
+
+
+@pytest.mark.parametrize(
+    ("expr", "tz", "now", "slot"),
+    [
+        # New York, 2025-11-02: 01:00-01:59 happens twice (05:00-05:59 and 06:00-06:59 UTC)
+        ("0,30 1 * * *", "America/New_York", utc(2025, 11, 2, 7), utc(2025, 11, 2, 5, 30)),
+        ("0,30 1 * * *", "America/New_York", utc(2025, 11, 2, 18), utc(2025, 11, 2, 5, 30)),
+        ("0-59/20 1 * * *", "America/New_York", utc(2025, 11, 2, 9), utc(2025, 11, 2, 5, 40)),
+        # Berlin, 2025-10-26: 02:00-02:59 twice
+        ("0,30 2 * * *", "Europe/Berlin", utc(2025, 10, 26, 2), utc(2025, 10, 26, 0, 30)),
+        # Lord Howe, 2025-04-06: 01:30-01:59 twice (a 30-minute change)
+        ("35,50 1 * * *", "Australia/Lord_Howe", utc(2025, 4, 5, 15, 30), utc(2025, 4, 5, 14, 50)),
+    ],
+)
+def test_the_slot_after_a_repeated_hour_is_its_first_pass_fire(
+    expr: str, tz: str, now: datetime, slot: datetime
+) -> None:
+    """With several fires in the repeated hour, every step back from the day after landed on a
+    skipped second-pass fire, and an HTTP trigger raised for the rest of the day."""
+    assert keys.schedule_slot(expr, tz, now) == slot
 
 
 def test_registry_jobs_fire_at_cron_minutes_in_their_own_zone(monkeypatch: pytest.MonkeyPatch) -> None:
