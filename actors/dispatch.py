@@ -209,8 +209,8 @@ class Dispatcher:
         """Dispatch a run that ended in one of `ended` (dead, failed or missed) again, as a new run with
         `replay_of` lineage.
 
-        The new key is `<key>~replay<n>`, n counting this run's replays, so two operators replaying
-        the same run at once get one replay. While the latest replay has not ended in one of
+        The new key is `<key>~replay<n>`, n one more than the newest replay's, so two operators
+        replaying the same run at once get one replay. While the latest replay has not ended in one of
         `ended`, replaying again answers it as a duplicate. Raises LookupError for an unknown key and
         ValueError for a run that has not ended so.
         """
@@ -221,10 +221,11 @@ class Dispatcher:
             raise ValueError(
                 f"run {key!r} is {run.status}; only {', '.join(sorted(ended))} runs are replayed"
             )
-        n = self.ledger.replay_count(run.id) + 1
-        latest = self.ledger.get(f"{key}~replay{n - 1}") if n > 1 else None
+        latest = self.ledger.latest_replay(run.id)
         if latest is not None and latest.status not in ended:
             return _answer(latest.mode, latest, duplicate=True)
+        # Numbered after the newest replay still on the ledger: retention may have purged older ones.
+        n = int(latest.dispatch_key.rsplit("~replay", 1)[1]) + 1 if latest is not None else 1
         return self.dispatch(
             run.job,
             trigger=trigger,

@@ -701,9 +701,12 @@ class SqlLedger:
             if (status, run.attempt) not in written
         ]
 
-    def replay_count(self, run_id: int) -> int:
-        with translate_errors(), self._engine.connect() as conn:
-            return int(conn.scalar(select(func.count()).where(_runs.c.replay_of == run_id)) or 0)
+    def latest_replay(self, run_id: int) -> RunView | None:
+        """The newest run made by replaying run `run_id`, if retention left any."""
+        query = select(Run).where(Run.replay_of == run_id).order_by(Run.id.desc()).limit(1)
+        with translate_errors(), self._sessions() as s:
+            row = s.scalars(query).one_or_none()
+            return RunView.of(row) if row else None
 
     def expired_leases(self) -> int:
         """`running` runs whose lease has expired: their worker died and the reaper has not run yet."""

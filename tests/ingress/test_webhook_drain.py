@@ -9,7 +9,9 @@ from typing import Any
 
 import dramatiq
 import pytest
+from sqlalchemy import update
 
+from actors.drain_queue import DispatchDrainQueue
 from domain import webhook_drain
 from domain.errors import TransientError
 from domain.ports import Ports, Redrive
@@ -19,6 +21,7 @@ from domain.webhooks import CORRELATION_HEADER, KNOWN_TYPES
 from offload.settings import Settings
 from offload.wiring import Runtime, build
 from store.ledger import SqlLedger
+from store.models import Run
 from store.webhook_events import NewWebhookEvent
 from tests.ingress.conftest import effects_of, stored_events
 from tests.services import Rabbit
@@ -337,6 +340,34 @@ def test_a_redriven_drain_carries_the_correlation_id_of_the_request_that_deliver
     # Otherwise the sweeper's own id: a run's dispatches carry the id of the run that made them.
     assert drains[unknown].correlation_id == swept.correlation_id
     assert swept.correlation_id != "cid-of-post"
+
+
+def test_an_event_is_still_redriven_after_retention_purged_an_early_redrive(runtime: Runtime) -> None:
+    """Replays were numbered by counting them: once retention purged `~replay1`, the next key was
+    `~replay2` again, a dead run, so every sweep answered "carried" and the event stayed open."""
+    row = store(runtime, "e1", age_s=120, queued_age_s=None)
+    key = _first_drain(runtime, row, timedelta(0))
+    queue = DispatchDrainQueue(runtime.dispatcher)
+
+    def end(k: str, *, days_ago: float = 0) -> None:
+        runtime.ledger.finish(k, RunStatus.DEAD, token=None, detail="retries exhausted")
+        with runtime.sessions() as s:
+            s.execute(
+                update(Run)
+                .where(Run.dispatch_key == k)
+                .values(finished_at=datetime.now(UTC) - timedelta(days=days_ago))
+            )
+            s.commit()
+
+    end(key)
+    assert queue.redrive(row, correlation_id=None) == "queued"
+    end(f"{key}~replay1", days_ago=40)
+    assert queue.redrive(row, correlation_id=None) == "queued"
+    end(f"{key}~replay2")
+    assert runtime.ledger.purge_runs(finished_before=datetime.now(UTC) - timedelta(days=30), limit=100) == 1
+
+    assert queue.redrive(row, correlation_id=None) == "queued"
+    assert runtime.ledger.get(f"{key}~replay3").status == RunStatus.QUEUED  # type: ignore[union-attr]
 
 
 def test_drain_keys_name_the_event() -> None:
