@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import dramatiq
+import pika
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.middleware import Middleware, default_middleware
 from pika.exceptions import ChannelClosedByBroker
@@ -107,15 +108,22 @@ def _declare(broker: dramatiq.Broker, spec: JobSpec, runner: JobRunner) -> Any:
     )(body)
 
 
-def ready_messages(broker: RabbitmqBroker, queue: str) -> int:
-    """Messages ready for delivery in `queue` (0 if it does not exist), from a passive declare."""
-    channel = broker.connection.channel()
+def ready_messages(broker: RabbitmqBroker, queues: Iterable[str]) -> dict[str, int]:
+    """Messages ready for delivery in each of `queues` (0 for one that does not exist), by passive
+    declares on a connection of their own: a thread's publishing connection may be one RabbitMQ
+    closed while it sat idle, which only dramatiq's enqueue knows to replace."""
+    connection = pika.BlockingConnection(broker.parameters)
     try:
-        return int(channel.queue_declare(queue, passive=True).method.message_count)
-    except ChannelClosedByBroker as e:
-        if e.reply_code == 404:
-            return 0
-        raise
+        channel = connection.channel()
+        ready: dict[str, int] = {}
+        for queue in queues:
+            try:
+                ready[queue] = int(channel.queue_declare(queue, passive=True).method.message_count)
+            except ChannelClosedByBroker as e:
+                if e.reply_code != 404:
+                    raise
+                ready[queue] = 0
+                channel = connection.channel()  # the refusal closed the channel
+        return ready
     finally:
-        if channel.is_open:
-            channel.close()
+        connection.close()

@@ -262,13 +262,13 @@ class Dispatcher:
         names = self.registry.names
         if not self.ledger.stale_queued(before=queued_before, limit=1, jobs=names):
             return 0
+        broker = next(iter(self.actors.values())).broker
         try:
-            idle = [
-                job for job in names if not ready_messages(self.actors[job].broker, self.registry[job].queue)
-            ]
+            ready = ready_messages(broker, {self.registry[job].queue for job in names})
         except AMQPError as e:
             logger.warning("Cannot ask RabbitMQ for queue depths (%s); requeueing nothing this time.", e)
             return 0
+        idle = [job for job in names if not ready[self.registry[job].queue]]
         done = 0
         for run in self.ledger.stale_queued(before=queued_before, limit=limit, jobs=idle):
             try:

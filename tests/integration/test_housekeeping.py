@@ -164,3 +164,15 @@ def test_requeue_leaves_alone_a_job_whose_queue_holds_messages(runtime: Runtime,
         == 0
     )
     assert rabbit.message_count(queue) == 1
+
+
+def test_requeue_does_not_depend_on_the_threads_publishing_connection(runtime: Runtime) -> None:
+    """RabbitMQ closes a thread's publishing connection that sat idle past two heartbeats. Asked on
+    that connection, the queue depths failed in that thread for good: nothing was requeued again."""
+    at(runtime, datetime.now(UTC) - timedelta(minutes=15)).record_dispatch(new_run("orphan"))
+    runtime.broker.connection.close()  # as RabbitMQ leaves it
+
+    assert (
+        runtime.dispatcher.requeue_stale(queued_before=datetime.now(UTC) - timedelta(minutes=10), limit=10)
+        == 1
+    )
