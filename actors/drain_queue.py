@@ -49,5 +49,4 @@ class DispatchDrainQueue:
                 params={"event_id": event_id},
                 key=key,
                 correlation_id=correlation_id,
-                inline=False,
             )

@@ -55,7 +55,8 @@ def log_handler(stream: IO[str] | None = None) -> logging.Handler:
 def transient_as_warning(record: logging.LogRecord) -> bool:
     """dramatiq logs every exception an actor raises at ERROR, with its traceback. A TransientError
     is a job saying "not yet" (an older event of the lead still open, a provider's 503), and
-    dramatiq retries it: one WARNING line, without the traceback."""
+    dramatiq retries it: one WARNING line, without the traceback. Past the last retry the run is
+    `dead` on the ledger and dramatiq warns that its retries are exceeded."""
     exc = record.exc_info[1] if record.exc_info else None
     if isinstance(exc, TransientError) and record.name.startswith("dramatiq"):
         record.msg, record.args = f"{record.getMessage()} {type(exc).__name__}: {exc}", ()

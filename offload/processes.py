@@ -99,8 +99,8 @@ class Supervisor:
 
     Each child leads a process group of its own, so stopping it also ends whatever it started, and
     Ctrl-C at a terminal reaches the supervisor alone. A child whose first start is refused (exit
-    2: a setting, a port in use) stops them all: restarting it would only say so again. Exit 2
-    after it has run (the broker gone at a restart, say) is a crash like any other.
+    2 before it ran `stable_s`: a setting, a port in use) stops them all: restarting it would only
+    say so again. Exit 2 later (the broker gone at a restart, say) is a crash like any other.
 
     Parameters:
       children: (name, argv) of each child.
@@ -188,7 +188,7 @@ class Supervisor:
             if code is None:
                 continue
             _kill_group(child.proc.pid)
-            if code == REFUSED and child.starts == 1:
+            if code == REFUSED and child.starts == 1 and now - child.started_at < self.stable_s:
                 self.say("dev", f"{child.name} refused to start (exit {code}); stopping")
                 self.stopping, self.exit_code = True, REFUSED
                 return

@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -82,7 +83,10 @@ sys.exit(Supervisor([("web", refuses), ("sleeper", sleeper)], stop_timeout_s=5).
     assert "restarting" not in done.stdout
 
 
-def test_a_child_exiting_2_after_it_ran_is_restarted() -> None:
+@pytest.mark.parametrize(
+    ("starts", "ran_s"), [(2, 0.0), (1, 120.0)], ids=["a restart", "a first start that ran a while"]
+)
+def test_a_child_exiting_2_after_it_ran_is_restarted(starts: int, ran_s: float) -> None:
     """The broker gone when a crashed worker restarts: that one comes back when the broker does."""
     from offload.processes import Supervisor
 
@@ -90,6 +94,6 @@ def test_a_child_exiting_2_after_it_ran_is_restarted() -> None:
     [child] = sup.children
     child.proc = subprocess.Popen(child.argv)
     child.proc.wait()
-    child.starts = 2  # its first start ran; this is a restart
+    child.starts, child.started_at = starts, time.monotonic() - ran_s
     sup._check()
     assert child.restart_at is not None and not sup.stopping
