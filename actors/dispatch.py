@@ -6,7 +6,7 @@ import logging
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from pika.exceptions import AMQPError
@@ -250,8 +250,19 @@ class Dispatcher:
             logger.info("Recorded %r as missed: %s", new.dispatch_key, detail)
         return _answer(mode, run, duplicate=not recorded)
 
+    def waiting_too_long(self, queued_before: datetime) -> dict[RunStatus, datetime]:
+        """When a run waiting for a message has lost it: `queued` or `deferred` (re-deferred every
+        second or two) since before `queued_before`, `retrying` since before that less the longest
+        backoff of any job."""
+        backoff = timedelta(milliseconds=max(spec.max_backoff_ms for spec in self.registry))
+        return {
+            RunStatus.QUEUED: queued_before,
+            RunStatus.DEFERRED: queued_before,
+            RunStatus.RETRYING: queued_before - backoff,
+        }
+
     def requeue_stale(self, *, queued_before: datetime, limit: int) -> int:
-        """Publish again the runs still `queued` since before `queued_before`; returns how many.
+        """Publish again the runs waiting too long for a message (`waiting_too_long`); returns how many.
 
         A process that died between recording a run and publishing it, or a purged queue, leaves a
         run that no message carries. The message id derives from the key, so if the first message
@@ -260,7 +271,8 @@ class Dispatcher:
         of each, every few minutes, would only lengthen the wait. Stops at the first failed publish.
         """
         names = self.registry.names
-        if not self.ledger.stale_queued(before=queued_before, limit=1, jobs=names):
+        cutoffs = self.waiting_too_long(queued_before)
+        if not self.ledger.stale(cutoffs, limit=1, jobs=names):
             return 0
         broker = next(iter(self.actors.values())).broker
         try:
@@ -270,7 +282,7 @@ class Dispatcher:
             return 0
         idle = [job for job in names if not ready[self.registry[job].queue]]
         done = 0
-        for run in self.ledger.stale_queued(before=queued_before, limit=limit, jobs=idle):
+        for run in self.ledger.stale(cutoffs, limit=limit, jobs=idle):
             try:
                 self.publish(run)
             except PublishFailed:

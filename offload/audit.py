@@ -71,12 +71,12 @@ def verify(click_ctx: click.Context) -> None:
     expired = runtime.ledger.expired_leases()
     if expired:
         findings.append(f"{expired} running run(s) hold an expired lease (worker died): `offload reap`")
-    stale = runtime.ledger.stale_queued(
-        before=datetime.now(UTC) - timedelta(seconds=STALE_QUEUED_S), limit=1000
-    )
+    waiting = runtime.dispatcher.waiting_too_long(datetime.now(UTC) - timedelta(seconds=STALE_QUEUED_S))
+    stale = runtime.ledger.stale(waiting, limit=1000)
     if stale:
         findings.append(
-            f"{len(stale)} run(s) queued for over {STALE_QUEUED_S / 60:.0f} min, "
+            f"{len(stale)} run(s) waiting for a message for over {STALE_QUEUED_S / 60:.0f} min "
+            "(queued or deferred; retrying, past the longest backoff), "
             f"e.g. {stale[0].dispatch_key!r}: are workers consuming? requeue-stale publishes them again"
         )
     try:

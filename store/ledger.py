@@ -15,11 +15,13 @@ from sqlalchemy import (
     Engine,
     Row,
     Table,
+    and_,
     bindparam,
     delete,
     func,
     insert,
     literal_column,
+    or_,
     select,
     update,
 )
@@ -574,16 +576,15 @@ class SqlLedger:
         with translate_errors(), self._sessions() as s:
             return {job: _utc(slot) for job, slot in s.execute(query) if slot is not None}
 
-    def stale_queued(
-        self, *, before: datetime, limit: int, jobs: Sequence[str] | None = None
+    def stale(
+        self, cutoffs: Mapping[RunStatus, datetime], *, limit: int, jobs: Sequence[str] | None = None
     ) -> Sequence[RunView]:
-        """Runs still `queued` whose last change is older than `before`, oldest first; of `jobs` only,
-        if given."""
+        """Runs in one of the statuses of `cutoffs` whose last change is older than that status's
+        cutoff, oldest first; of `jobs` only, if given."""
         query = (
             select(Run)
             .where(
-                Run.status == RunStatus.QUEUED,
-                Run.updated_at < before,
+                or_(*(and_(Run.status == status, Run.updated_at < at) for status, at in cutoffs.items())),
                 *([Run.job.in_(list(jobs))] if jobs is not None else []),
             )
             .order_by(Run.updated_at)
@@ -593,11 +594,12 @@ class SqlLedger:
             return [RunView.of(r) for r in s.scalars(query)]
 
     def mark_requeued(self, key: str) -> None:
-        """Note on a `queued` run that its message was published again."""
+        """Note on a run waiting for a message (`queued`, `deferred`, `retrying`) that it was
+        published again."""
         now = self._clock()
         with translate_errors(), self._sessions() as s:
             row = _lock(s, key)
-            if row.status == RunStatus.QUEUED:
+            if row.status in _WAITING:
                 row.updated_at = now
                 _event(s, row, now, detail="message published again: none was seen for a while")
                 s.commit()
@@ -746,6 +748,9 @@ def _new_row(new: NewRun, now: datetime) -> dict[str, Any]:
         "replay_of": new.replay_of,
     }
 
+
+#: A run in one of these is waiting for a message to carry it.
+_WAITING = frozenset({RunStatus.QUEUED, RunStatus.DEFERRED, RunStatus.RETRYING})
 
 _INLINE_GONE = "the process running it inline stopped before it finished (its lease expired)"
 

@@ -176,3 +176,24 @@ def test_requeue_does_not_depend_on_the_threads_publishing_connection(runtime: R
         runtime.dispatcher.requeue_stale(queued_before=datetime.now(UTC) - timedelta(minutes=10), limit=10)
         == 1
     )
+
+
+def test_requeue_publishes_again_deferred_and_retrying_runs_whose_message_is_gone(runtime: Runtime) -> None:
+    """A purged delay queue left such runs waiting for good: requeue-stale looked at `queued` runs
+    only, and the sweeper leaves an event alone while its drain is deferred or retrying."""
+    now = datetime.now(UTC)
+    a_while_ago = at(runtime, now - timedelta(minutes=15))
+    a_while_ago.record_dispatch(new_run("deferred"))
+    assert a_while_ago.defer("deferred", detail="concurrency cap 8 reached") is not None
+    for key, ago in (("retrying-recently", timedelta(minutes=15)), ("retrying-long-ago", timedelta(hours=2))):
+        then = at(runtime, now - ago)
+        then.record_dispatch(new_run(key))
+        claim = then.claim(new_run(key), cap=8, lease_s=60, worker=Worker("w", 1), max_attempts=5)
+        assert claim.token is not None
+        then.finish(key, RunStatus.RETRYING, token=claim.token, detail="boom")
+
+    # A retry waits out its backoff in the delay queue: up to an hour for these jobs.
+    assert runtime.dispatcher.requeue_stale(queued_before=now - timedelta(minutes=10), limit=10) == 2
+    for key in ("deferred", "retrying-long-ago"):
+        assert runtime.ledger.events(key)[-1].detail == "message published again: none was seen for a while"
+    assert runtime.ledger.events("retrying-recently")[-1].status == RunStatus.RETRYING
