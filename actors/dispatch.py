@@ -266,9 +266,10 @@ class Dispatcher:
 
         A process that died between recording a run and publishing it, or a purged queue, leaves a
         run that no message carries. The message id derives from the key, so if the first message
-        does turn up, Dedup lets only one of the two run. A job whose queue holds ready messages is
-        left alone: its runs' messages may be waiting there (a backlog, workers down), and a copy
-        of each, every few minutes, would only lengthen the wait. Stops at the first failed publish.
+        does turn up, Dedup lets only one of the two run. A job whose queue or delay queue (where
+        deferrals and retries wait) holds ready messages is left alone: its runs' messages may be
+        waiting there (a backlog, workers down), and a copy of each, every few minutes, would only
+        lengthen the wait. Stops at the first failed publish.
         """
         names = self.registry.names
         cutoffs = self.waiting_too_long(queued_before)
@@ -276,11 +277,11 @@ class Dispatcher:
             return 0
         broker = next(iter(self.actors.values())).broker
         try:
-            ready = ready_messages(broker, {self.registry[job].queue for job in names})
+            ready = ready_messages(broker, {q for job in names for q in _queues(self.registry[job].queue)})
         except AMQPError as e:
             logger.warning("Cannot ask RabbitMQ for queue depths (%s); requeueing nothing this time.", e)
             return 0
-        idle = [job for job in names if not ready[self.registry[job].queue]]
+        idle = [job for job in names if not any(ready[q] for q in _queues(self.registry[job].queue))]
         done = 0
         for run in self.ledger.stale(cutoffs, limit=limit, jobs=idle):
             try:
@@ -292,12 +293,17 @@ class Dispatcher:
         return done
 
     def publish(self, run: RunView) -> None:
-        """Send the run's message; on failure mark the run `failed` and raise PublishFailed."""
+        """Send the run's message; on failure mark the run `failed` and raise PublishFailed.
+
+        The message counts the run's attempts so far as dramatiq's retries, so a run published
+        again after a failed attempt gets only the retries it has left.
+        """
         actor = self.actors[run.job]
         message = actor.message_with_options(
             args=(run.dispatch_key, run.params),
             correlation_id=run.correlation_id,
             trigger=run.trigger,
+            retries=run.attempt,
         ).copy(message_id=run.message_id)
         try:
             actor.broker.enqueue(message)
@@ -307,6 +313,11 @@ class Dispatcher:
                 run.dispatch_key, RunStatus.FAILED, token=None, error=e, detail=f"enqueue failed: {reason}"
             )
             raise PublishFailed(self.broker_name, reason) from e
+
+
+def _queues(queue: str) -> tuple[str, str]:
+    """A job's queue and its delay queue."""
+    return queue, f"{queue}.DQ"
 
 
 def _answer(mode: str, run: RunView, *, duplicate: bool, result: Mapping[str, Any] | None = None) -> Dispatch:

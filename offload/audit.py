@@ -77,7 +77,8 @@ def verify(click_ctx: click.Context) -> None:
         findings.append(
             f"{len(stale)} run(s) waiting for a message for over {STALE_QUEUED_S / 60:.0f} min "
             "(queued or deferred; retrying, past the longest backoff), "
-            f"e.g. {stale[0].dispatch_key!r}: are workers consuming? requeue-stale publishes them again"
+            f"e.g. {stale[0].dispatch_key!r}: are workers consuming? requeue-stale publishes again "
+            "those no message carries"
         )
     try:
         depths = queue_depths(ctx.settings.management_url, ctx.settings.broker_url)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import func, select
 
@@ -197,3 +198,56 @@ def test_requeue_publishes_again_deferred_and_retrying_runs_whose_message_is_gon
     for key in ("deferred", "retrying-long-ago"):
         assert runtime.ledger.events(key)[-1].detail == "message published again: none was seen for a while"
     assert runtime.ledger.events("retrying-recently")[-1].status == RunStatus.RETRYING
+
+
+def _message_in_delay_queue(runtime: Runtime, job: str, key: str, **options: Any) -> None:
+    """The run's message re-enqueued with a delay, as a deferral or a retry is: it waits in `.DQ`."""
+    run = runtime.ledger.get(key)
+    assert run is not None
+    actor = runtime.dispatcher.actors[job]
+    message = actor.message_with_options(args=(run.dispatch_key, run.params), **options)
+    actor.broker.enqueue(message.copy(message_id=run.message_id), delay=1_000)
+
+
+def test_requeue_leaves_alone_runs_whose_deferral_or_retry_waits_in_the_delay_queue(
+    runtime: Runtime, rabbit: Rabbit
+) -> None:
+    """Workers down for a quarter of an hour: the deferred run's message and the retry wait, ready,
+    in `<queue>.DQ`; a copy of each was published beside them."""
+    now = datetime.now(UTC)
+    then = at(runtime, now - timedelta(minutes=15))
+    then.record_dispatch(replace(new_run("deferred"), job="test-capped"))
+    assert then.defer("deferred", detail="concurrency cap 2 reached") is not None
+    _message_in_delay_queue(runtime, "test-capped", "deferred")
+    long_ago = at(runtime, now - timedelta(hours=2))
+    retrying = replace(new_run("retrying"), job="test-explode")
+    long_ago.record_dispatch(retrying)
+    claim = long_ago.claim(retrying, cap=4, lease_s=60, worker=Worker("w", 1), max_attempts=3)
+    assert claim.token is not None
+    long_ago.finish("retrying", RunStatus.RETRYING, token=claim.token, detail="boom")
+    _message_in_delay_queue(runtime, "test-explode", "retrying", retries=1)
+
+    assert runtime.dispatcher.requeue_stale(queued_before=now - timedelta(minutes=10), limit=10) == 0
+    for job in ("test-capped", "test-explode"):
+        assert rabbit.message_count(runtime.registry[job].queue) == 0
+
+
+def test_a_retrying_run_published_again_gets_only_the_retries_it_has_left(
+    runtime: Runtime, workers: Workers
+) -> None:
+    """test-explode allows 2 retries, 3 attempts. Published again with dramatiq's retry count at 0,
+    a run that had failed once ran 3 more times."""
+    retrying = replace(new_run("lost-retry"), job="test-explode")
+    long_ago = at(runtime, datetime.now(UTC) - timedelta(hours=2))
+    long_ago.record_dispatch(retrying)
+    claim = long_ago.claim(retrying, cap=4, lease_s=60, worker=Worker("w", 1), max_attempts=3)
+    assert claim.token is not None
+    long_ago.finish("lost-retry", RunStatus.RETRYING, token=claim.token, detail="boom")
+
+    assert (
+        runtime.dispatcher.requeue_stale(queued_before=datetime.now(UTC) - timedelta(minutes=10), limit=10)
+        == 1
+    )
+    workers.start(threads=2)
+    wait_for(lambda: runtime.ledger.get("lost-retry").status == RunStatus.DEAD, what="the run to end dead")  # type: ignore[union-attr]
+    assert runtime.ledger.get("lost-retry").attempt == 3  # type: ignore[union-attr]
