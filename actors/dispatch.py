@@ -253,8 +253,8 @@ class Dispatcher:
     def waiting_too_long(self, queued_before: datetime) -> dict[RunStatus, datetime]:
         """When a run waiting for a message has lost it: `queued` or `deferred` (re-deferred every
         second or two) since before `queued_before`, `retrying` since before that less the longest
-        backoff of any job."""
-        backoff = timedelta(milliseconds=max(spec.max_backoff_ms for spec in self.registry))
+        retry backoff of any job."""
+        backoff = timedelta(milliseconds=max(spec.longest_backoff_ms for spec in self.registry))
         return {
             RunStatus.QUEUED: queued_before,
             RunStatus.DEFERRED: queued_before,

@@ -24,6 +24,11 @@ Overlap = Literal["defer", "skip"]
 Missed = Literal["skip", "catch-up-latest", "catch-up-each"]
 
 
+#: RabbitMQ's `consumer_timeout`: a delivery left unacked longer closes its channel, and every
+#: message the channel holds goes back to its queue.
+CONSUMER_TIMEOUT_MS = 1_800_000
+
+
 @dataclass(frozen=True, kw_only=True)
 class JobSpec:
     """One job.
@@ -64,6 +69,11 @@ class JobSpec:
         """The RabbitMQ queue, named to read well in the management UI."""
         return f"offload.{self.name}"
 
+    @property
+    def longest_backoff_ms(self) -> int:
+        """The longest a retry waits: dramatiq doubles `min_backoff_ms` per retry, up to `max_backoff_ms`."""
+        return min(self.max_backoff_ms, self.min_backoff_ms << self.max_retries)
+
     def __post_init__(self) -> None:
         if self.cron is not None:
             try:
@@ -72,6 +82,16 @@ class JobSpec:
                 raise ValueError(f"job {self.name!r}: {e}") from None
         if self.concurrency_cap < 1:
             raise ValueError(f"job {self.name!r}: concurrency_cap must be >= 1")
+        # A worker holds a message unacked while it runs, and a retry until it is due.
+        for what, ms in (
+            ("time_limit_ms", self.time_limit_ms),
+            ("its longest retry backoff", self.longest_backoff_ms),
+        ):
+            if ms >= CONSUMER_TIMEOUT_MS:
+                raise ValueError(
+                    f"job {self.name!r}: {what} ({ms} ms) must stay below RabbitMQ's "
+                    "30-minute consumer timeout"
+                )
 
 
 class Registry:

@@ -186,14 +186,17 @@ def test_requeue_publishes_again_deferred_and_retrying_runs_whose_message_is_gon
     a_while_ago = at(runtime, now - timedelta(minutes=15))
     a_while_ago.record_dispatch(new_run("deferred"))
     assert a_while_ago.defer("deferred", detail="concurrency cap 8 reached") is not None
-    for key, ago in (("retrying-recently", timedelta(minutes=15)), ("retrying-long-ago", timedelta(hours=2))):
+    # A retry waits out its backoff in the delay queue: up to 2 minutes for these jobs.
+    for key, ago in (
+        ("retrying-recently", timedelta(minutes=11)),
+        ("retrying-long-ago", timedelta(minutes=13)),
+    ):
         then = at(runtime, now - ago)
         then.record_dispatch(new_run(key))
         claim = then.claim(new_run(key), cap=8, lease_s=60, worker=Worker("w", 1), max_attempts=5)
         assert claim.token is not None
         then.finish(key, RunStatus.RETRYING, token=claim.token, detail="boom")
 
-    # A retry waits out its backoff in the delay queue: up to an hour for these jobs.
     assert runtime.dispatcher.requeue_stale(queued_before=now - timedelta(minutes=10), limit=10) == 2
     for key in ("deferred", "retrying-long-ago"):
         assert runtime.ledger.events(key)[-1].detail == "message published again: none was seen for a while"
