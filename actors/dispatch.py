@@ -276,12 +276,13 @@ class Dispatcher:
         if not self.ledger.stale(cutoffs, limit=1, jobs=names):
             return 0
         broker = next(iter(self.actors.values())).broker
+        queues = {job: (self.registry[job].queue, f"{self.registry[job].queue}.DQ") for job in names}
         try:
-            ready = ready_messages(broker, {q for job in names for q in _queues(self.registry[job].queue)})
+            ready = ready_messages(broker, {q for pair in queues.values() for q in pair})
         except AMQPError as e:
             logger.warning("Cannot ask RabbitMQ for queue depths (%s); requeueing nothing this time.", e)
             return 0
-        idle = [job for job in names if not any(ready[q] for q in _queues(self.registry[job].queue))]
+        idle = [job for job, pair in queues.items() if not any(ready[q] for q in pair)]
         done = 0
         for run in self.ledger.stale(cutoffs, limit=limit, jobs=idle):
             try:
@@ -313,11 +314,6 @@ class Dispatcher:
                 run.dispatch_key, RunStatus.FAILED, token=None, error=e, detail=f"enqueue failed: {reason}"
             )
             raise PublishFailed(self.broker_name, reason) from e
-
-
-def _queues(queue: str) -> tuple[str, str]:
-    """A job's queue and its delay queue."""
-    return queue, f"{queue}.DQ"
 
 
 def _answer(mode: str, run: RunView, *, duplicate: bool, result: Mapping[str, Any] | None = None) -> Dispatch:

@@ -52,7 +52,7 @@ def _iterator(expr: str, start: datetime) -> croniter:
     return it
 
 
-def at_particular_time(expr: str) -> bool:
+def _at_particular_time(expr: str) -> bool:
     """Whether cron's daylight-saving rules treat `expr` as a job at a particular time."""
     minute, hour = _parsed(expr).expressions[:2]
     return not minute.startswith("*") and not hour.startswith("*")
@@ -61,7 +61,7 @@ def at_particular_time(expr: str) -> bool:
 def fires(expr: str, tz: str, *, after: datetime, until: datetime | None = None) -> Iterator[datetime]:
     """The fire times of `expr` in zone `tz` strictly after `after` (and at or before `until`), in UTC."""
     zone = ZoneInfo(tz)
-    particular = at_particular_time(expr)
+    particular = _at_particular_time(expr)
     minutes, hours = _parsed(expr).expanded[:2]
     it = _iterator(expr, after.astimezone(zone))
     last = None

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from domain.runs import RunStatus, Trigger
-from offload.settings import Settings, SettingsError, redact
+from offload.settings import REFUSED, Settings, SettingsError, redact
 
 
 def main() -> None:
@@ -20,7 +20,7 @@ def main() -> None:
         cli(standalone_mode=True)
     except SettingsError as e:
         click.echo(f"offload: {e}", err=True)
-        sys.exit(2)
+        sys.exit(REFUSED)
     except StoreError as e:
         click.echo(f"offload: database {_database_hint()}: {e}", err=True)
         sys.exit(1)
@@ -311,7 +311,7 @@ def require_broker(settings: Settings) -> None:
             "start it with `rabbitmq-server -detached` (or `docker compose up -d rabbitmq`)",
             err=True,
         )
-        sys.exit(2)
+        sys.exit(REFUSED)
 
 
 def _register() -> None:

@@ -17,6 +17,8 @@ from typing import IO, Any
 
 import click
 
+from offload.settings import REFUSED
+
 
 def _ctx(click_ctx: click.Context) -> Any:
     from offload.cli import Ctx
@@ -76,10 +78,6 @@ def dev(click_ctx: click.Context, no_web: bool) -> None:
     if no_web:
         children = [c for c in children if c[0] != "web"]
     sys.exit(Supervisor(children).run())
-
-
-#: The exit code of a process that refuses to start (a setting, a port in use): `offload: ...`.
-REFUSED = 2
 
 
 @dataclass

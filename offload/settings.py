@@ -17,6 +17,10 @@ from domain.registry import Registry
 MIN_SECRET_CHARS = 16
 
 
+#: The exit code of a process that refuses to start (a bad setting, a port in use, no broker).
+REFUSED = 2
+
+
 class SettingsError(Exception):
     """Settings that cannot work; the message is one line naming the setting."""
 
