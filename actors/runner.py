@@ -72,11 +72,23 @@ class JobRunner:
     def lease_s(self, spec: JobSpec) -> float:
         return spec.time_limit_ms / 1000 + self.lease_grace_s
 
-    def execute(self, spec: JobSpec, key: str, token: str, params: Mapping[str, Any]) -> Mapping[str, Any]:
-        """Call the domain function; commit its last work with the fenced `succeeded` mark and the slot."""
+    def execute(
+        self,
+        spec: JobSpec,
+        key: str,
+        token: str,
+        params: Mapping[str, Any],
+        *,
+        body_done: Callable[[], None] = lambda: None,
+    ) -> Mapping[str, Any]:
+        """Call the domain function; commit its last work with the fenced `succeeded` mark and the slot.
+
+        `body_done` is called when the domain function has returned, before the mark.
+        """
         started_at = self.ledger.now()
         with self.uow() as uow:
             result = spec.run(JobContext(key=key, uow=uow, params=params, now=self.clock(), ports=self.ports))
+            body_done()
             session = uow.session if uow.begun else None
             self.ledger.complete_in(session, key, token, result, job=spec.name, started_at=started_at)
             uow.commit()
@@ -134,8 +146,8 @@ class JobRunner:
         token = claim.token
         limit = TimeLimit(spec.time_limit_ms / 1000)
         try:
-            with limit:
-                result = self.execute(spec, key, token, new.params)
+            with limit:  # over the job's body: an interrupt must not land in its success mark
+                result = self.execute(spec, key, token, new.params, body_done=limit.disarm)
         except (Exception, limit.exceeded) as e:
             logger.exception("Inline run %r failed", key)
             try:
@@ -178,6 +190,10 @@ class TimeLimit:
         self._timer.start()
 
     def __exit__(self, *exc: object) -> None:
+        self.disarm()
+
+    def disarm(self) -> None:
+        """No interrupt after this returns; one already raised lands here at the latest."""
         with self._lock:
             self._armed = False
         assert self._timer is not None

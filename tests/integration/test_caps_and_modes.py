@@ -6,6 +6,9 @@ import time
 from dataclasses import replace
 from datetime import datetime
 from types import SimpleNamespace
+from typing import Any
+
+import pytest
 
 from actors import attempt
 from offload.wiring import Runtime
@@ -117,6 +120,23 @@ def test_an_inline_run_within_its_time_limit_is_not_interrupted_later(runtime: R
     new, outcome = _inline(runtime, "test-crashable", 300, sleep_s=0.1)
     assert outcome.run.status == "succeeded"  # type: ignore[attr-defined]
     time.sleep(0.6)  # past the limit: a stray interrupt would land here and fail the test
+    assert effects(runtime, new.dispatch_key) == 1
+
+
+def test_an_inline_runs_time_limit_ends_with_its_body_not_in_its_success_mark(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The limit bounds the job's body. An interrupt landing in the mark failed a run whose body
+    finished in time, or, once the mark had committed, left the caller with no result."""
+    complete_in = runtime.ledger.complete_in
+
+    def slow_mark(*args: Any, **kwargs: Any) -> None:
+        complete_in(*args, **kwargs)
+        time.sleep(0.6)  # past the limit, before the job's transaction commits
+
+    monkeypatch.setattr(runtime.ledger, "complete_in", slow_mark)
+    new, outcome = _inline(runtime, "test-crashable", 300, sleep_s=0)
+    assert outcome.run.status == "succeeded" and outcome.result is not None  # type: ignore[attr-defined]
     assert effects(runtime, new.dispatch_key) == 1
 
 
