@@ -57,33 +57,62 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
 
-        # SQLite has one writer at a time. Threads of this process queue on a lock, in order, rather
-        # than sleeping in SQLite's busy handler (whose back-off makes the tail latency long).
-        writer = threading.Lock()
+        # SQLite has one writer at a time. Threads of this process queue for it here rather than
+        # sleeping in SQLite's busy handler (whose back-off makes the tail latency long).
+        writer = _Writer()
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Any) -> None:
-            if not writer.acquire(timeout=SQLITE_BUSY_TIMEOUT_MS / 1000):
-                raise StoreUnavailable("database is locked (waited for another writer of this process)")
-            conn.info["holds_writer"] = True
+            dbapi_connection = conn.connection.dbapi_connection
             try:
+                if not writer.take(dbapi_connection, timeout_s=SQLITE_BUSY_TIMEOUT_MS / 1000):
+                    raise StoreUnavailable("database is locked (waited for another writer of this process)")
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
             except BaseException:
-                _release(conn)
+                writer.give_back(dbapi_connection)
                 raise
 
-        def _release(conn: Any) -> None:
-            if conn.info.pop("holds_writer", False):
-                writer.release()
+        def _ended(conn: Any) -> None:
+            writer.give_back(conn.connection.dbapi_connection)
 
-        event.listen(engine, "commit", _release)
-        event.listen(engine, "rollback", _release)
+        event.listen(engine, "commit", _ended)
+        event.listen(engine, "rollback", _ended)
+        # and when a connection goes back to the pool with a transaction SQLAlchemy never recorded
+        # (an interrupt that landed just after BEGIN)
+        event.listen(engine, "checkin", lambda dbapi_connection, _record: writer.give_back(dbapi_connection))
         return engine
     # No pre-ping: it costs a round trip per transaction. A connection that died with its server
     # fails its statement with StoreUnavailable, the pool drops it, and the guards defer or retry.
     pg_url = make_url(url)
     pg_url = pg_url.update_query_dict({k: v for k, v in PG_CONNECT_DEFAULTS.items() if k not in pg_url.query})
     return create_engine(pg_url, pool_recycle=RECYCLE_S, pool_size=pool_size, max_overflow=pool_size)
+
+
+class _Writer:
+    """The SQLite writer of this process, held by one connection from a transaction's BEGIN to its end.
+
+    Who holds it is recorded under the mutex that grants it, so an interrupt raised in a thread
+    as it is granted (a job's time limit) cannot leave it held by nobody: every later write of the
+    process would wait for it in vain.
+    """
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._holder: object | None = None
+
+    def take(self, holder: object, *, timeout_s: float) -> bool:
+        with self._changed:
+            if not self._changed.wait_for(lambda: self._holder is None, timeout_s):
+                return False
+            self._holder = holder
+            return True
+
+    def give_back(self, holder: object) -> None:
+        """Free the writer if `holder` holds it."""
+        with self._changed:
+            if self._holder is holder:
+                self._holder = None
+                self._changed.notify_all()  # all: a waiter woken and then interrupted takes nothing
 
 
 _NAMED = re.compile(r"%\((\w+)\)s")
