@@ -30,7 +30,8 @@ class Attempt:
 
     Dedup claims the run and a slot of its job in one write: `token` and `holds_slot` are set when
     it did, `capped` when the run could start but every slot was held (ConcurrencyCap decides what
-    that means). `verdict` is set when a guard stops the message: (status, detail) for StatusLedger.
+    that means), with `seen_attempts`, the run's attempts then. `verdict` is set when a guard stops
+    the message: (status, detail) for StatusLedger.
     """
 
     key: str
@@ -38,6 +39,7 @@ class Attempt:
     token: str | None = None
     holds_slot: bool = False
     capped: bool = False
+    seen_attempts: int | None = None
     verdict: tuple[str, str] | None = None
 
 

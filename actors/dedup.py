@@ -64,7 +64,7 @@ class Dedup(Middleware):
             attempt.current.set(state)
             return
         if claim.outcome == "capped":
-            state.capped = True
+            state.capped, state.seen_attempts = True, claim.attempt
             return
         assert claim.run is not None, "a refused claim says why"
         if claim.outcome == "busy":

@@ -311,7 +311,12 @@ class Dispatcher:
         except Exception as e:
             reason = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
             self.ledger.finish(
-                run.dispatch_key, RunStatus.FAILED, token=None, error=e, detail=f"enqueue failed: {reason}"
+                run.dispatch_key,
+                RunStatus.FAILED,
+                token=None,
+                attempt=run.attempt,
+                error=e,
+                detail=f"enqueue failed: {reason}",
             )
             raise PublishFailed(self.broker_name, reason) from e
 

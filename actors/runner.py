@@ -141,7 +141,8 @@ class JobRunner:
             if spec.overlap == "skip" or time.monotonic() > deadline:
                 status = RunStatus.SKIPPED if spec.overlap == "skip" else RunStatus.FAILED
                 detail = f"concurrency cap {spec.concurrency_cap} reached"
-                return InlineOutcome(self._finished(key, status, token=None, detail=detail), None)
+                verdict = self._finished(key, status, token=None, attempt=claim.attempt, detail=detail)
+                return InlineOutcome(verdict, None)
             time.sleep(INLINE_POLL_S)
         token = claim.token
         limit = TimeLimit(spec.time_limit_ms / 1000)

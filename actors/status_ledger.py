@@ -48,10 +48,15 @@ class StatusLedger(Middleware):
         if state.verdict is None or state.verdict[0] not in _STOPPED:
             return
         status, detail = RunStatus(state.verdict[0]), state.verdict[1]
+        # Fenced by the attempts the claim saw: another copy of the message may have run one since.
+        seen = state.seen_attempts
         if status == RunStatus.DEFERRED:
-            self._write(state.key, lambda: self.ledger.defer(state.key, detail=detail))
+            self._write(state.key, lambda: self.ledger.defer(state.key, detail=detail, attempt=seen))
         else:
-            self._write(state.key, lambda: self.ledger.finish(state.key, status, token=None, detail=detail))
+            self._write(
+                state.key,
+                lambda: self.ledger.finish(state.key, status, token=None, attempt=seen, detail=detail),
+            )
 
     def _write(self, key: str, write: Any) -> None:
         try:

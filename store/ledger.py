@@ -127,7 +127,7 @@ _PG_RECHECK_S = 0.002
 _CLAIMABLE_SQL = ", ".join(f"'{s.value}'" for s in sorted(CLAIMABLE - {RunStatus.LOST}))
 _PG_CLAIM = PgStatement(f"""
 WITH run AS MATERIALIZED (
-    SELECT id FROM background_function_runs
+    SELECT id, attempt FROM background_function_runs
     WHERE dispatch_key = %(p_key)s AND status IN ({_CLAIMABLE_SQL})
     FOR UPDATE
 ), {PG_TAKE_SLOT}, claimed AS (
@@ -139,7 +139,7 @@ WITH run AS MATERIALIZED (
     FROM run WHERE r.id = run.id AND EXISTS (SELECT FROM slot)
     RETURNING r.attempt
 )
-SELECT EXISTS (SELECT FROM run), (SELECT attempt FROM claimed)
+SELECT (SELECT attempt FROM run), (SELECT attempt FROM claimed)
 """)
 _PG_COMPLETE = PgStatement(f"""
 WITH done AS (
@@ -274,7 +274,8 @@ class EventView:
 class Claim:
     """The verdict of a claim: attempt number `attempt` runs under `token`, or `run` says why not.
 
-    `capped`: the run could start but every slot of its job is held; nothing was written.
+    `capped`: the run could start but every slot of its job is held; nothing was written, and
+    `attempt` is the run's attempts so far, which fences a verdict written about it later.
     """
 
     outcome: Literal["claimed", "capped", "duplicate", "busy", "exhausted"]
@@ -367,20 +368,20 @@ class SqlLedger:
         with translate_errors():
             self.leases.ensure(new.job, cap)
             if self.direct is not None:  # the common case in one statement; the rest below
-                claimable, attempt = self.direct.run(_PG_CLAIM, params)
-                if claimable and attempt is None:
+                seen, attempt = self.direct.run(_PG_CLAIM, params)
+                if seen is not None and attempt is None:
                     # SKIP LOCKED passes over a slot whose release is still committing: look again.
                     time.sleep(_PG_RECHECK_S)
-                    claimable, attempt = self.direct.run(_PG_CLAIM, params)
+                    seen, attempt = self.direct.run(_PG_CLAIM, params)
                 if attempt is not None:
                     return Claim("claimed", attempt, token)
-                if claimable:
-                    return Claim("capped", 0)
+                if seen is not None:
+                    return Claim("capped", seen)
             with self._engine.connect() as conn, conn.begin() as tx:
                 claim = self._claim(conn, new, params, max_attempts=max_attempts, try_update=not self._pg)
                 if claim.outcome == "claimed" and not self.leases.acquire(conn, slot):
                     tx.rollback()
-                    return Claim("capped", 0)
+                    return Claim("capped", claim.attempt - 1)
                 return claim
 
     def _claim(
@@ -426,20 +427,20 @@ class SqlLedger:
         status: RunStatus,
         *,
         token: str | None,
+        attempt: int | None = None,
         error: BaseException | None = None,
         result: Mapping[str, Any] | None = None,
         detail: str | None = None,
     ) -> RunView | None:
         """Move a run to `status`.
 
-        With a token, only while that attempt still holds the lease; without one, only a run no
-        attempt holds and that has not ended (a claimable status), so a late verdict about one
-        message never overwrites a run that another delivery is running or has finished.
+        With a token, only while that attempt still holds the lease; without one, a verdict about
+        a message that holds nothing: see `_unheld`.
         """
         now = self._clock()
         with translate_errors(), self._sessions() as s:
             row = _lock(s, key)
-            if row.lease_token != token if token is not None else row.status not in CLAIMABLE:
+            if row.lease_token != token if token is not None else not _unheld(row, attempt):
                 return None
             err = (type(error).__name__, str(error)) if error is not None else None
             _record_claim(s, row)
@@ -448,12 +449,12 @@ class SqlLedger:
             s.commit()
             return RunView.of(row)
 
-    def defer(self, key: str, *, detail: str) -> RunView | None:
-        """Record that a message is waiting for a free slot; a run held elsewhere keeps its status."""
+    def defer(self, key: str, *, detail: str, attempt: int | None = None) -> RunView | None:
+        """Record that a message is waiting for a free slot, if the run is as `_unheld` says."""
         now = self._clock()
         with translate_errors(), self._sessions() as s:
             row = s.scalars(select(Run).where(Run.dispatch_key == key).with_for_update()).one_or_none()
-            if row is None or row.status not in CLAIMABLE:
+            if row is None or not _unheld(row, attempt):
                 return None
             row.deferrals += 1
             if row.status != RunStatus.DEFERRED:
@@ -751,6 +752,18 @@ def _new_row(new: NewRun, now: datetime) -> dict[str, Any]:
 
 #: A run in one of these is waiting for a message to carry it.
 _WAITING = frozenset({RunStatus.QUEUED, RunStatus.DEFERRED, RunStatus.RETRYING})
+
+
+def _unheld(row: Run, attempt: int | None) -> bool:
+    """Whether a verdict about a message that holds nothing may be written on `row`.
+
+    Only on a run no attempt holds and that has not ended, so a late verdict never overwrites a
+    run that another delivery is running or has finished: not on a `lost` run either, whose
+    attempt may still finish it. With `attempt` (the run's attempts when the verdict's claim
+    looked), only if no attempt has started since: another copy of the message may have run one.
+    """
+    return row.status in CLAIMABLE - {RunStatus.LOST} and attempt in (None, row.attempt)
+
 
 _INLINE_GONE = "the process running it inline stopped before it finished (its lease expired)"
 
