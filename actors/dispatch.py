@@ -17,6 +17,7 @@ from actors.runner import JobRunner
 from domain import keys
 from domain.registry import JobSpec, Registry
 from domain.runs import Mode, RunStatus, Trigger
+from store.errors import StoreError
 from store.ledger import NewRun, RunView, SqlLedger, utcnow
 
 logger = logging.getLogger(__name__)
@@ -169,7 +170,11 @@ class Dispatcher:
             logger.info("Duplicate dispatch of %r (run is %s)", new.dispatch_key, run.status)
             return _answer(mode, run, duplicate=True)
         if mode == Mode.INLINE:
-            outcome = self.runner.run_inline(self.registry[job], new)
+            try:
+                outcome = self.runner.run_inline(self.registry[job], new)
+            except Exception as e:
+                self._fail_unstarted(run, e)
+                raise
             return _answer(mode, outcome.run, duplicate=False, result=outcome.result)
         self.publish(run)
         return _answer(mode, run, duplicate=False)
@@ -292,6 +297,21 @@ class Dispatcher:
             self.ledger.mark_requeued(run.dispatch_key)
             done += 1
         return done
+
+    def _fail_unstarted(self, run: RunView, error: Exception) -> None:
+        """Mark `failed` an inline run that stopped before its claim (a store error): no message
+        carries it, and a new trigger of its key must run it rather than find a duplicate."""
+        try:
+            self.ledger.finish(
+                run.dispatch_key,
+                RunStatus.FAILED,
+                token=None,
+                attempt=run.attempt,  # an attempt that did start records its own end
+                error=error,
+                detail=f"inline run did not start: {type(error).__name__}",
+            )
+        except StoreError as e:
+            logger.warning("Could not mark inline run %r failed: %s", run.dispatch_key, e)
 
     def publish(self, run: RunView) -> None:
         """Send the run's message; on failure mark the run `failed` and raise PublishFailed.

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -17,6 +18,7 @@ from actors.dispatch import PublishFailed
 from domain.runs import RunStatus
 from offload.settings import Settings
 from offload.wiring import Runtime, build
+from store.errors import StoreUnavailable
 from store.ledger import Worker
 from store.models import BackgroundJobRow
 from store.webhook_events import NewWebhookEvent
@@ -46,6 +48,28 @@ def test_publish_failure_is_an_error_records_failed_and_runs_nothing(settings: S
     finally:
         rt.close()
         proxy.close()
+
+
+def test_an_inline_run_whose_claim_failed_is_failed_so_the_next_trigger_runs_it(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No message carries an inline run: left `queued`, every later trigger of its slot was answered
+    `duplicate: true, status: queued`, and the job never ran."""
+    claim = runtime.ledger.claim
+    calls = iter([StoreUnavailable("connection lost")])
+
+    def blip(*args: Any, **kwargs: Any) -> Any:
+        for error in calls:
+            raise error
+        return claim(*args, **kwargs)
+
+    monkeypatch.setattr(runtime.ledger, "claim", blip)
+    with pytest.raises(StoreUnavailable):
+        runtime.dispatcher.dispatch("test-record", trigger="cli", inline=True)
+    (run,) = runtime.ledger.runs(job="test-record")
+    assert run.status == "failed" and run.attempt == 0
+    again = runtime.dispatcher.dispatch("test-record", trigger="cli", inline=True)
+    assert (again.dispatch_key, again.duplicate, again.status) == (run.dispatch_key, False, "succeeded")
 
 
 def test_offload_worker_cli_processes_a_background_jobs_dispatch(
