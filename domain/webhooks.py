@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
@@ -29,10 +29,23 @@ def _fits_lower_cased(email: str) -> str:
     return email
 
 
+def _has_a_utc_time(at: datetime) -> datetime:
+    # The store keeps times in UTC: 9999-12-31T23:59-05:00 has no UTC value to keep.
+    try:
+        at.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("the time is out of range in UTC") from None
+    return at
+
+
+#: A time with its UTC offset, that has a UTC value.
+UtcTime = Annotated[AwareDatetime, AfterValidator(_has_a_utc_time)]
+
+
 class EventMeta(BaseModel):
     id: PrintableText = Field(min_length=1, max_length=200)
     type: PrintableText = Field(min_length=1, max_length=100)
-    created_at: AwareDatetime | None = None
+    created_at: UtcTime | None = None
 
 
 class Lead(BaseModel):
@@ -56,7 +69,7 @@ class Message(BaseModel):
     id: PrintableText = Field(min_length=1, max_length=300, description="provider message id")
     thread_id: PrintableText | None = Field(default=None, max_length=300)
     subject: StorableText | None = None
-    at: AwareDatetime = Field(description="when it was sent or received, with its UTC offset")
+    at: UtcTime = Field(description="when it was sent or received, with its UTC offset")
     sequence_step: int | None = None
 
 
