@@ -22,18 +22,23 @@ from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 
 _ALIASES = frozenset({"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"})
 
 
 def check(expr: str, tz: str) -> None:
-    """Raise ValueError with one line when `expr` is not a five-field cron expression or `tz` no zone."""
+    """Raise ValueError with one line when `expr` is not a five-field cron expression that fires (not
+    `0 0 31 2 *`) or `tz` no zone."""
     fields = expr.split()
     if not fields or (len(fields) != 5 and not (len(fields) == 1 and fields[0].lower() in _ALIASES)):
         raise ValueError(f"invalid cron expression {expr!r}: expected five fields or an @alias")
     if not croniter.is_valid(expr):
         raise ValueError(f"invalid cron expression {expr!r}")
+    try:
+        _iterator(expr, datetime(2000, 1, 1, tzinfo=UTC)).get_next(datetime)
+    except CroniterBadDateError:
+        raise ValueError(f"cron expression {expr!r} never fires (no such date)") from None
     try:
         ZoneInfo(tz)
     except (ZoneInfoNotFoundError, ValueError):

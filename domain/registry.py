@@ -37,7 +37,8 @@ class JobSpec:
       name: the job's public name (routes, CLI, ledger).
       run: the domain function.
       actor_name: the Dramatiq actor, a verb phrase.
-      cron, tz: five-field cron expression and IANA time zone; None for work that is only triggered.
+      cron, tz: five-field cron expression and IANA time zone; None for work that is only triggered
+        (such a job cannot be given a schedule: its runs need the parameters a trigger passes).
       concurrency_cap: runs of this job at once, across all workers and hosts.
       overlap: what a run that finds the cap full does: wait (`defer`) or end `skipped`.
       max_retries, min_backoff_ms, max_backoff_ms: Dramatiq retries with exponential backoff.
@@ -126,11 +127,14 @@ class Registry:
     def rescheduled(self, crons: Mapping[str, str | None]) -> Registry:
         """A copy where the named jobs fire at the given cron expressions (None: never scheduled).
 
-        Raises ValueError naming the job for an unknown job or an invalid expression.
+        Raises ValueError naming the job for an unknown job, an invalid expression, or a cron on a job
+        that is only triggered (it has none of its own: its runs need what a trigger gives them).
         """
-        for name in crons:
+        for name, expr in crons.items():
             if name not in self._specs:
                 raise ValueError(f"unknown job {name!r}; known: {', '.join(self._specs)}")
+            if expr is not None and self._specs[name].cron is None:
+                raise ValueError(f"job {name!r} is only triggered, never scheduled")
         return Registry(
             replace(spec, cron=crons[spec.name]) if spec.name in crons else spec
             for spec in self._specs.values()

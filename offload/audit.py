@@ -37,7 +37,12 @@ def export(click_ctx: click.Context, job: str | None, since: datetime | None) ->
     check_job(ctx, job)
     ledger = ctx.runtime.ledger
     if since is not None:
-        since = since.astimezone(UTC) if since.tzinfo else since.replace(tzinfo=UTC)
+        try:
+            since = since.astimezone(UTC) if since.tzinfo else since.replace(tzinfo=UTC)
+        except OverflowError:  # 9999-12-31T23:59:59-0500 is in the year 10000 in UTC
+            raise click.BadParameter(
+                f"{since.isoformat()} has no time in UTC", param_hint="--since"
+            ) from None
     for run in ledger.runs(job=job, since=since, limit=None):
         row: dict[str, Any] = run.asdict()
         row["events"] = [

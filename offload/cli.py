@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from typing import Any
@@ -117,8 +118,8 @@ def jobs(ctx: Ctx) -> None:
 
 
 @cli.command()
-@click.option("--processes", type=int, help="Worker processes (OFFLOAD_WORKER_PROCESSES).")
-@click.option("--threads", type=int, help="Threads per process (OFFLOAD_WORKER_THREADS).")
+@click.option("--processes", type=click.IntRange(min=1), help="Worker processes (OFFLOAD_WORKER_PROCESSES).")
+@click.option("--threads", type=click.IntRange(min=1), help="Threads per process (OFFLOAD_WORKER_THREADS).")
 @click.option("--queues", multiple=True, help="Only consume these queues (default: every job's).")
 @pass_ctx
 def worker(ctx: Ctx, processes: int | None, threads: int | None, queues: tuple[str, ...]) -> None:
@@ -224,11 +225,18 @@ def show(ctx: Ctx, key: str) -> None:
 def replay(ctx: Ctx, key: str) -> None:
     """Dispatch a dead, failed or missed run again, with `replay_of` lineage."""
     from actors.dispatch import PublishFailed
+    from domain.errors import UnknownJob
 
+    runtime = ctx.runtime
     try:
-        d = ctx.runtime.dispatcher.replay(key)
+        d = runtime.dispatcher.replay(key)
     except (LookupError, ValueError) as e:
         raise click.UsageError(str(e)) from None
+    except UnknownJob as e:
+        raise click.UsageError(
+            f"run {key!r} is of job {str(e)!r}, which is no longer registered; "
+            f"known: {', '.join(runtime.registry.names)}"
+        ) from None
     except PublishFailed as e:
         click.echo(f"offload: {e}", err=True)
         sys.exit(3)
@@ -292,10 +300,19 @@ def _params(pairs: tuple[str, ...]) -> dict[str, Any]:
         if not sep or not name:
             raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--param")
         try:
-            out[name] = json.loads(value)
+            out[name] = json.loads(value, parse_constant=_finite, parse_float=_finite)
         except json.JSONDecodeError:
             out[name] = value
     return out
+
+
+def _finite(number: str) -> float:
+    """A number of a --param. NaN, Infinity and 1e999 are no JSON: PostgreSQL refuses them, `export` would
+    print them."""
+    value = float(number)
+    if not math.isfinite(value):
+        raise click.BadParameter(f"{number} is not a finite number", param_hint="--param")
+    return value
 
 
 def require_broker(settings: Settings) -> None:

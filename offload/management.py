@@ -40,4 +40,12 @@ def queue_depths(management_url: str, broker_url: str) -> dict[str, dict[str, An
         raise ManagementUnavailable(f"RabbitMQ has no vhost {vhost!r} (the path of OFFLOAD_BROKER_URL)")
     if not r.ok:
         raise ManagementUnavailable(f"the RabbitMQ management API at {base} answered {r.status_code}")
-    return {q["name"]: q for q in r.json()}
+    try:
+        queues = r.json()
+    except ValueError:  # not JSON
+        queues = None
+    if not isinstance(queues, list) or not all(isinstance(q, dict) and "name" in q for q in queues):
+        raise ManagementUnavailable(
+            f"{base} answered, but not as the RabbitMQ management API; check OFFLOAD_MANAGEMENT_URL"
+        )
+    return {q["name"]: q for q in queues}

@@ -15,6 +15,10 @@ from pydantic_settings import SettingsError as PydanticSettingsError
 from domain.registry import Registry
 
 MIN_SECRET_CHARS = 16
+#: The longest a duration in seconds may be set to; a day is more than any of them needs.
+MAX_SECONDS = 86_400.0
+#: The longest a retention may be set to: a century keeps every row, and `now - days` stays a date.
+MAX_RETENTION_DAYS = 36_500.0
 
 
 #: The exit code of a process that refuses to start (a bad setting, a port in use, no broker).
@@ -33,7 +37,7 @@ class Settings(BaseSettings):
     management_url: str = "http://guest:guest@127.0.0.1:15672"
     inline: bool = False
     inline_jobs: Annotated[frozenset[str], NoDecode] = frozenset()
-    lease_grace_s: float = Field(30.0, gt=0)
+    lease_grace_s: float = Field(30.0, gt=0, le=MAX_SECONDS, allow_inf_nan=False)
     worker_processes: int = Field(2, ge=1)
     worker_threads: int = Field(8, ge=1)
     # -- web ingress (offload web) --
@@ -59,18 +63,18 @@ class Settings(BaseSettings):
     calendar_api_key: SecretStr | None = Field(None, validate_default=True)
     sending_platform_url: str | None = None
     sending_platform_api_key: SecretStr | None = Field(None, validate_default=True)
-    provider_timeout_s: float = Field(10.0, gt=0)
+    provider_timeout_s: float = Field(10.0, gt=0, le=MAX_SECONDS, allow_inf_nan=False)
     provider_max_attempts: int = Field(3, ge=1)
-    provider_backoff_s: float = Field(0.5, ge=0)
+    provider_backoff_s: float = Field(0.5, ge=0, le=MAX_SECONDS, allow_inf_nan=False)
 
     # -- scheduling (offload scheduler) --
     #: job -> cron expression (or null: never scheduled), as JSON, overriding the registry's.
     schedules: dict[str, str | None] = Field(default_factory=dict)
-    scheduler_grace_s: float = Field(60.0, gt=0)
+    scheduler_grace_s: float = Field(60.0, gt=0, le=MAX_SECONDS, allow_inf_nan=False)
     #: At least a day: a restarted scheduler resumes from the runs of the last day (its missed-slot
     #: window), and a late copy of a message finds its run's key, so neither runs a slot twice.
-    ledger_retention_days: float = Field(30.0, ge=1)
-    run_event_retention_days: float = Field(30.0, gt=0)
+    ledger_retention_days: float = Field(30.0, ge=1, le=MAX_RETENTION_DAYS, allow_inf_nan=False)
+    run_event_retention_days: float = Field(30.0, gt=0, le=MAX_RETENTION_DAYS, allow_inf_nan=False)
 
     @field_validator("inline_jobs", "webhook_inline_types", mode="before")
     @classmethod
@@ -102,9 +106,15 @@ class Settings(BaseSettings):
 
     @field_validator("cron_secret", "webhook_shared_secret")
     @classmethod
-    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and len(value.get_secret_value()) < MIN_SECRET_CHARS:
+    def _presentable(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        text = value.get_secret_value()
+        if len(text) < MIN_SECRET_CHARS:
             raise ValueError(f"must be at least {MIN_SECRET_CHARS} characters")
+        if not (text.isascii() and text.isprintable()):
+            # HTTP clients put other characters in a header in encodings of their own choosing
+            raise ValueError("must be printable ASCII, which every HTTP client sends the same way")
         return value
 
     @field_validator("webhook_signing_secret")
@@ -127,6 +137,14 @@ class Settings(BaseSettings):
     @classmethod
     def _broker(cls, value: str) -> str:
         _checked(value, ("amqp", "amqps"), "an amqp://")
+        import pika
+
+        from actors.broker import with_connection_defaults
+
+        try:  # the query's options, read as the broker's connections will read them
+            pika.URLParameters(with_connection_defaults(value))
+        except (ValueError, TypeError, SyntaxError) as e:
+            raise ValueError(f"a query option pika cannot read ({e}) in {redact(value)!r}") from None
         return value
 
     @field_validator("management_url")

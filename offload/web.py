@@ -147,14 +147,20 @@ def run(runtime: Any, *, host: str, port: int, threads: int) -> None:
     """Serve `runtime` until SIGTERM or SIGINT, then stop gracefully and close the runtime."""
     # waitress warns "Task queue depth is N" whenever a request waits for a thread: routine under load.
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
+    app = make_app(runtime)
     cap = runtime.settings.webhook_body_cap_bytes
     try:
-        server = make_server(make_app(runtime), body_cap_bytes=cap, host=host, port=port, threads=threads)
+        server = make_server(app, body_cap_bytes=cap, host=host, port=port, threads=threads)
     except OSError as e:
         runtime.close()
         raise SettingsError(
             f"cannot listen on {host}:{port} ({e.strerror or e}); "
             "stop what holds it, or set OFFLOAD_WEB_PORT / OFFLOAD_WEB_HOST"
+        ) from None
+    except ValueError:  # waitress: the host resolves to no address
+        runtime.close()
+        raise SettingsError(
+            f"cannot listen on {host}:{port} (not an address); set --host or OFFLOAD_WEB_HOST"
         ) from None
     stop = threading.Event()
 
@@ -174,8 +180,10 @@ def run(runtime: Any, *, host: str, port: int, threads: int) -> None:
 
 @click.command()
 @click.option("--host", help="Listen address (OFFLOAD_WEB_HOST).")
-@click.option("--port", type=int, help="Listen port (OFFLOAD_WEB_PORT); 0 picks a free one.")
-@click.option("--threads", type=int, help="Request threads (OFFLOAD_WEB_THREADS).")
+@click.option(
+    "--port", type=click.IntRange(0, 65535), help="Listen port (OFFLOAD_WEB_PORT); 0 picks a free one."
+)
+@click.option("--threads", type=click.IntRange(min=1), help="Request threads (OFFLOAD_WEB_THREADS).")
 @click.pass_context
 def web(click_ctx: click.Context, host: str | None, port: int | None, threads: int | None) -> None:
     """Serve the cron routes and webhooks on waitress."""

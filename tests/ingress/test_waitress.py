@@ -18,12 +18,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from offload.settings import Settings
 from offload.web import make_server, serve
 from offload.wiring import Runtime
 from tests.ingress.conftest import AUTH, queued_messages, stored_events
 from tests.services import Rabbit
-from tests.support.procs import ROOT, Workers, env_for, wait_for
+from tests.support.procs import ROOT, Workers, env_for, run_cli, wait_for
 from tests.support.webhooks import CRON_SECRET, SIGNING_SECRET, encode, payload, signed
 
 LISTENING = re.compile(r"listening on http://([^:]+):(\d+)")
@@ -243,3 +245,19 @@ def test_a_port_in_use_is_one_line_and_exit_2(settings: Settings) -> None:
     assert result.returncode == 2, result.stderr
     assert f"offload: cannot listen on 127.0.0.1:{port} (Address already in use)" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [(("--host", "999.1.1.1"), {}), ((), {"OFFLOAD_WEB_HOST": "999.1.1.1"})],
+    ids=["option", "setting"],
+)
+def test_a_host_that_is_not_an_address_is_one_line_and_exit_2(
+    tmp_path: Path, args: tuple[str, ...], env: dict[str, str]
+) -> None:
+    database = {"OFFLOAD_DATABASE_URL": f"sqlite:///{tmp_path / 'web.db'}"}
+    result = run_cli(database | env, "web", "--port", "0", *args)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == (
+        "offload: cannot listen on 999.1.1.1:0 (not an address); set --host or OFFLOAD_WEB_HOST"
+    )

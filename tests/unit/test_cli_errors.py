@@ -10,6 +10,7 @@ from domain import keys
 from domain.runs import RunStatus
 from store import db
 from store.ledger import NewRun, SqlLedger
+from tests.support.fake_api import FakeApi
 from tests.support.procs import ROOT, run_cli
 
 
@@ -48,6 +49,16 @@ def test_a_relative_sqlite_path_is_named_where_it_resolves(tmp_path: Path) -> No
         (("runs", "--limit", "0"), "Invalid value for '--limit'"),
         (("dispatch", "nope"), "unknown job 'nope'; known: background-jobs"),
         (("dispatch", "background-jobs", "-p", "novalue"), "expected KEY=VALUE, got 'novalue'"),
+        # JSON has no NaN or infinity: stored, an export would print a line that is not JSON.
+        (("dispatch", "background-jobs", "-p", "k=NaN"), "--param: NaN is not a finite number"),
+        (("dispatch", "background-jobs", "-p", "k=-Infinity"), "--param: -Infinity is not a finite number"),
+        (("dispatch", "background-jobs", "-p", "k=[1e999]"), "--param: 1e999 is not a finite number"),
+        (("export", "--since", "9999-12-31T23:59:59-0500"), "--since: 9999-12-31T23:59:59-05:00 has no time"),
+        (("web", "--port", "70000"), "Invalid value for '--port': 70000 is not in the range 0<=x<=65535"),
+        (("web", "--port", "-1"), "Invalid value for '--port'"),
+        (("web", "--threads", "-3"), "Invalid value for '--threads'"),
+        (("worker", "--processes", "0"), "Invalid value for '--processes'"),
+        (("worker", "--threads", "-3"), "Invalid value for '--threads'"),
     ],
 )
 def test_bad_options_are_usage_errors(tmp_path: Path, args: tuple[str, ...], fragment: str) -> None:
@@ -56,21 +67,36 @@ def test_bad_options_are_usage_errors(tmp_path: Path, args: tuple[str, ...], fra
     assert fragment in result.stderr
 
 
-def test_a_replay_the_broker_does_not_take_is_one_line(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'replay.db'}"
+def dead_run(url: str, job: str) -> str:
+    """Migrate the database at `url` and record one dead run of `job`; its dispatch key."""
     engine = db.make_engine(url)
     db.upgrade(engine)
-    key = keys.dispatch_key("background-jobs", None, {"n": 1})
-    new = NewRun("background-jobs", key, keys.message_id(key), "c", "cli", "queue", None, {"n": 1})
+    key = keys.dispatch_key(job, None, {"n": 1})
     ledger = SqlLedger(engine)
-    ledger.record_dispatch(new)
+    ledger.record_dispatch(NewRun(job, key, keys.message_id(key), "c", "cli", "queue", None, {"n": 1}))
     ledger.finish(key, RunStatus.DEAD, token=None, detail="poison")
     engine.dispose()
+    return key
+
+
+def test_a_replay_the_broker_does_not_take_is_one_line(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'replay.db'}"
+    key = dead_run(url, "background-jobs")
     env = {"OFFLOAD_DATABASE_URL": url, "OFFLOAD_BROKER_URL": "amqp://guest:guest@127.0.0.1:1/%2F"}
     result = run_cli(env, "replay", key)
     assert result.returncode == 3
     assert result.stderr.startswith("offload: could not publish to RabbitMQ")
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_a_replay_of_a_job_no_longer_registered_is_a_usage_error(tmp_path: Path) -> None:
+    """The ledger keeps the runs of a job the registry has since dropped; `runs` and `export` list them."""
+    url = f"sqlite:///{tmp_path / 'replay.db'}"
+    key = dead_run(url, "retired-job")
+    result = run_cli({"OFFLOAD_DATABASE_URL": url}, "replay", key)
+    assert result.returncode == 2
+    assert f"run {key!r} is of job 'retired-job', which is no longer registered" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize("command", ["runs", "export"])
@@ -81,3 +107,25 @@ def test_a_job_neither_registered_nor_on_the_ledger_is_a_usage_error(tmp_path: P
     assert result.returncode == 2
     assert "unknown job 'followup'; known: background-jobs" in result.stderr
     assert run_cli(env, command, "--job", "followups").returncode == 0
+
+
+@pytest.mark.parametrize("command", ["status", "verify"])
+@pytest.mark.parametrize(
+    "answer", [b"<html>not the management API</html>", b'{"queues": []}'], ids=["html", "other-json"]
+)
+def test_a_management_url_that_is_not_rabbitmqs_api_is_one_line(
+    tmp_path: Path, command: str, answer: bytes
+) -> None:
+    """A server that answers, but is not RabbitMQ (another service, a proxy's page): not a traceback."""
+    env = {"OFFLOAD_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}"}
+    assert run_cli(env, "db", "upgrade").returncode == 0
+    api = FakeApi()
+    try:
+        api.plan("GET", "/api/queues/%2F", (200, answer, 0.0))
+        result = run_cli(env | {"OFFLOAD_MANAGEMENT_URL": api.url}, command)
+    finally:
+        api.close()
+    assert result.returncode == 3
+    assert result.stderr.strip() == (
+        f"offload: {api.url} answered, but not as the RabbitMQ management API; check OFFLOAD_MANAGEMENT_URL"
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -79,3 +80,12 @@ def test_schedule_overrides_replace_or_remove_crons_and_name_bad_input() -> None
         JOBS.rescheduled({"reap-leases": "* * * * * *"})
     with pytest.raises(ValueError, match="unknown time zone"):
         JobSpec(name="x", run=_noop, actor_name="x", description="", cron="@daily", tz="Mars/Olympus")
+    with pytest.raises(ValueError, match=re.escape("cron expression '0 0 31 2 *' never fires")):
+        JOBS.rescheduled({"reap-leases": "0 0 31 2 *"})
+
+
+def test_a_job_that_is_only_triggered_cannot_be_given_a_schedule() -> None:
+    """webhook-drain runs on an event's `event_id`: scheduled, it would fail a run every minute."""
+    with pytest.raises(ValueError, match="job 'webhook-drain' is only triggered, never scheduled"):
+        JOBS.rescheduled({"webhook-drain": "* * * * *"})
+    assert JOBS.rescheduled({"webhook-drain": None})["webhook-drain"].cron is None

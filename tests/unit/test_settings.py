@@ -32,6 +32,31 @@ from tests.support.procs import run_cli
         ),
         ({"CRON_SECRET": "short"}, "offload: OFFLOAD_CRON_SECRET (or CRON_SECRET): must be at least 16"),
         ({"OFFLOAD_CRON_SECRET": "short"}, "offload: OFFLOAD_CRON_SECRET (or CRON_SECRET): must be at least"),
+        # Each below used to pass start-up, then crash the first dispatch with a traceback.
+        ({"OFFLOAD_LEASE_GRACE_S": "inf"}, "OFFLOAD_LEASE_GRACE_S: Input should be a finite number"),
+        ({"OFFLOAD_LEASE_GRACE_S": "1e300"}, "OFFLOAD_LEASE_GRACE_S: Input should be less than or equal to"),
+        (
+            {"OFFLOAD_LEDGER_RETENTION_DAYS": "1e9"},
+            "OFFLOAD_LEDGER_RETENTION_DAYS: Input should be less than",
+        ),
+        (
+            {"OFFLOAD_BROKER_URL": "amqp://guest:secret@127.0.0.1:5672/%2F?heartbeat=abc"},
+            "OFFLOAD_BROKER_URL: a query option pika cannot read (Invalid heartbeat value 'abc'",
+        ),
+        (
+            {"OFFLOAD_SCHEDULES": '{"background-jobs": "0 0 31 2 *"}'},
+            "OFFLOAD_SCHEDULES: job 'background-jobs': cron expression '0 0 31 2 *' never fires",
+        ),
+        (
+            {"OFFLOAD_SCHEDULES": '{"webhook-drain": "* * * * *"}'},
+            "OFFLOAD_SCHEDULES: job 'webhook-drain' is only triggered, never scheduled",
+        ),
+        # HTTP clients send a header's other characters in encodings of their own: no one could match.
+        ({"CRON_SECRET": "cron-secret-\u20ac-0123456789"}, "(or CRON_SECRET): must be printable ASCII"),
+        (
+            {"OFFLOAD_WEBHOOK_SHARED_SECRET": "shared-secret-\u20ac-0123456789"},
+            "offload: OFFLOAD_WEBHOOK_SHARED_SECRET: must be printable ASCII",
+        ),
     ],
 )
 def test_bad_setting_refuses_to_start_with_one_line(env: dict[str, str], fragment: str) -> None:
