@@ -36,7 +36,7 @@ class Dispatching(Protocol):
 class SlotHistory(Protocol):
     """What the scheduler needs of the ledger: where each job got to before this process started."""
 
-    def latest_slots(self, *, jobs: Sequence[str], since: datetime) -> Mapping[str, datetime]: ...
+    def latest_slots(self, *, jobs: Sequence[str]) -> Mapping[str, datetime]: ...
 
 
 @dataclass(frozen=True)
@@ -152,18 +152,17 @@ class Scheduler:
         return cron.fires(spec.cron, spec.tz, after=after)
 
     def _start(self, spec: JobSpec, now: datetime) -> datetime | None:
-        """The last slot handled; on first use, the job's latest slot on the ledger within its window."""
+        """The last slot handled; on first use, the job's latest slot on the ledger."""
         handled = self._handled.get(spec.name)
         if handled is not None:
             return handled
         try:
-            latest = self.history.latest_slots(
-                jobs=[spec.name], since=now - timedelta(milliseconds=spec.missed_window_ms)
-            ).get(spec.name)
+            latest = self.history.latest_slots(jobs=[spec.name]).get(spec.name)
         except StoreError as e:
             logger.warning("Job %r: cannot read its last slot from the ledger (%s); retrying.", spec.name, e)
             return None
-        # A job with no recent history starts fresh: only a slot within the grace is due.
+        # A job with no history starts fresh: only a slot within the grace is due. One whose last
+        # slot is older than its missed-slot window settles the slots within the window (`fire`).
         handled = latest if latest is not None else now - self.grace
         self._handled[spec.name] = handled
         return handled

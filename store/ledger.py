@@ -557,8 +557,8 @@ class SqlLedger:
                 existing = s.scalars(select(Run).where(Run.dispatch_key == new.dispatch_key)).one()
                 return RunView.of(existing), False
 
-    def latest_slots(self, *, jobs: Sequence[str], since: datetime) -> Mapping[str, datetime]:
-        """The latest slot each of `jobs` handled, among slots at or after `since`.
+    def latest_slots(self, *, jobs: Sequence[str]) -> Mapping[str, datetime]:
+        """The latest slot each of `jobs` handled.
 
         A slot is handled by its scheduled run (the key without parameters, which an HTTP trigger of
         the slot shares) unless that failed: a publish that failed is owed, and a failed run may be
@@ -568,7 +568,6 @@ class SqlLedger:
             select(Run.job, func.max(Run.slot))
             .where(
                 Run.job.in_(list(jobs)),
-                Run.slot >= since,
                 Run.dispatch_key.endswith(f":{keys.params_hash({})}", autoescape=True),
                 Run.status != RunStatus.FAILED,
             )

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import text
 
+from domain.registry import Registry
 from domain.runs import RunStatus
 from offload.wiring import Runtime
 from scheduling.scheduler import Scheduler
@@ -118,6 +120,21 @@ def test_scheduler_down_for_five_slots_follows_each_jobs_missed_slot_policy(runt
     assert {(f.job, f.action) for f in fired} == {(job, "dispatched") for job in jobs}
     assert all(slots(runtime, job)["12:30"] == "queued" for job in jobs)
     assert restarted.tick(start + timedelta(minutes=31)) == []
+
+
+def test_a_scheduler_down_longer_than_a_jobs_window_settles_the_slots_within_it(runtime: Runtime) -> None:
+    """Down 65 minutes with a 60-minute window: the slots of the last hour are owed. They were
+    neither run nor recorded: the scheduler looked for the last slot only within the window, found
+    none, and started afresh."""
+    job = "test-every-5-each"
+    runtime.registry = Registry([replace(runtime.registry[job], missed_window_ms=3_600_000)])
+    start = datetime(2026, 3, 10, 12, 0, 5, tzinfo=BERLIN)
+    assert [f.action for f in scheduler(runtime).tick(start)] == ["dispatched"]
+    fired = scheduler(runtime).tick(start + timedelta(minutes=65))  # the window: from 12:05:05, less a minute
+    assert [f.slot.astimezone(BERLIN).strftime("%H:%M") for f in fired] == [
+        f"{h}:{m:02d}" for h, m in [(12, m) for m in range(5, 60, 5)] + [(13, 0), (13, 5)]
+    ]
+    assert {f.action for f in fired} == {"dispatched"}
 
 
 def test_missed_slots_are_bounded_and_a_slot_run_by_another_trigger_is_never_recorded_missed(

@@ -141,7 +141,7 @@ class History:
     def __init__(self, latest: Mapping[str, datetime]) -> None:
         self.latest = latest
 
-    def latest_slots(self, *, jobs: Sequence[str], since: datetime) -> Mapping[str, datetime]:
+    def latest_slots(self, *, jobs: Sequence[str]) -> Mapping[str, datetime]:
         return {job: at for job, at in self.latest.items() if job in jobs}
 
 

@@ -34,7 +34,7 @@ class History:
     def __init__(self, *, down_for: int = 0) -> None:
         self.down_for = down_for
 
-    def latest_slots(self, *, jobs: Sequence[str], since: datetime) -> Mapping[str, datetime]:
+    def latest_slots(self, *, jobs: Sequence[str]) -> Mapping[str, datetime]:
         if self.down_for:
             self.down_for -= 1
             raise StoreUnavailable("database is down")
