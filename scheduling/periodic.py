@@ -67,6 +67,24 @@ class Loop(periodiq.Scheduler):  # type: ignore[misc]
         self.scheduler = scheduler
         self.stopping = False
         self._waiting = False
+        self._scheduling = False
+        self._again = False
+
+    def schedule(self) -> None:
+        """periodiq's `schedule`, with its call to itself for a wake already due made a loop: a
+        broker that stalls every publish (each one giving up after ~30 s, past the 15 s retry)
+        made it recurse once per wake, until the stack overflowed after hours of it."""
+        if self._scheduling:
+            self._again = True
+            return
+        self._scheduling = True
+        try:
+            self._again = True
+            while self._again:
+                self._again = False
+                super().schedule()
+        finally:
+            self._scheduling = False
 
     def send_actors(self, actors: Iterable[ScheduledJob], now: datetime) -> None:
         for job in actors:

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from actors.dispatch import PublishFailed
 from domain.registry import JOBS, JobSpec, Registry
+from scheduling.periodic import Loop
 from scheduling.scheduler import Scheduler
 from store.errors import StoreUnavailable
-from tests.unit.test_cron_semantics import RecordingDispatcher, _noop
+from tests.unit.test_cron_semantics import FakeClock, RecordingDispatcher, _noop
 
 T0 = datetime(2026, 3, 10, 12, 0, 5, tzinfo=UTC)
 SPEC = JobSpec(name="j", run=_noop, actor_name="j", description="", cron="*/5 * * * *", missed="skip")
@@ -53,6 +55,35 @@ def test_a_failed_publish_is_retried_at_the_next_wake_not_lost_and_not_fatal() -
     assert [f.action for f in fired] == ["dispatched"]
     assert dispatcher.dispatched == [("j", T0.replace(second=0))]
     assert scheduler.next_wake(SPEC, T0 + timedelta(seconds=15)) == T0.replace(minute=5, second=0)
+
+
+class StalledDispatcher(RecordingDispatcher):
+    """A RabbitMQ alarm: each publish gives up after about 30 s, past the scheduler's 15 s retry."""
+
+    def __init__(self, clock: FakeClock, failures: int) -> None:
+        super().__init__()
+        self.clock, self.failures = clock, failures
+
+    def dispatch(self, job: str, *, trigger: str, slot: datetime | None = None) -> object:
+        if self.failures:
+            self.failures -= 1
+            self.clock.advance(31)
+            raise PublishFailed("RabbitMQ", "connection blocked")
+        return super().dispatch(job, trigger=trigger, slot=slot)
+
+
+def test_publishes_that_outlast_the_retry_for_hours_do_not_overflow_the_stack(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """periodiq's `schedule` called itself for every wake already past when it looked: once per
+    failed publish here, until a RecursionError after about eight hours."""
+    clock = FakeClock(T0)
+    clock.patch(monkeypatch)
+    spec = replace(SPEC, cron="* * * * *", missed="catch-up-latest")
+    dispatcher = StalledDispatcher(clock, failures=1500)  # about thirteen hours
+    loop = Loop(Scheduler(registry=Registry([spec]), dispatcher=dispatcher, history=History(), retry_s=15))
+    loop.schedule()  # one wake of periodiq's: it goes on until a wake is in the future
+    assert dispatcher.failures == 0 and dispatcher.dispatched
 
 
 def test_a_store_fault_at_start_delays_the_job_until_the_ledger_answers() -> None:
