@@ -10,7 +10,7 @@ from typing import Any
 
 from domain.context import JobContext
 from domain.errors import PermanentError, TransientError
-from domain.model import Appointment, AppointmentStatus, Client, LeadStatus, advance
+from domain.model import Appointment, AppointmentStatus, Client, LeadStatus
 from domain.params import configured, int_param
 from domain.ports import Booking, CalendarProvider, UnitOfWork
 
@@ -157,9 +157,8 @@ def _create(
         at=now,
     )
     result.created += 1
-    new_status = advance(lead.status, LeadStatus.MEETING_BOOKED)
-    if new_status != lead.status:
-        uow.leads.set_status(lead.id, new_status)
+    before, after = uow.leads.advance(lead.id, LeadStatus.MEETING_BOOKED)
+    if after != before:
         result.leads_booked += 1
 
 

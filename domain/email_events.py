@@ -13,7 +13,6 @@ from domain.model import (
     Lead,
     LeadStatus,
     add_local_days,
-    advance,
     is_zone,
     lead_zone,
 )
@@ -46,10 +45,7 @@ def _lead(uow: UnitOfWork, client: Client, event: EmailWebhook) -> Lead:
 
 
 def _move(uow: UnitOfWork, lead: Lead, target: LeadStatus) -> LeadStatus:
-    status = advance(lead.status, target)
-    if status != lead.status:
-        uow.leads.set_status(lead.id, status)
-    return status
+    return uow.leads.advance(lead.id, target)[1]
 
 
 def email_sent(uow: UnitOfWork, event: EmailWebhook, now: datetime) -> None:

@@ -20,7 +20,6 @@ from domain.model import (
     Lead,
     LeadStatus,
     add_local_days,
-    advance,
     lead_zone,
 )
 from domain.params import configured, int_param
@@ -120,9 +119,7 @@ def send_due_followups(
             subject=email.subject,
             at=now,
         )
-        status = advance(lead.status, LeadStatus.CONTACTED)
-        if status != lead.status:
-            uow.leads.set_status(lead.id, status)
+        uow.leads.advance(lead.id, LeadStatus.CONTACTED)
         scheduled += _schedule_next(uow, task, lead, client)
         uow.commit()
     return FollowupsResult(

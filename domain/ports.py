@@ -169,7 +169,10 @@ class Leads(Protocol):
         """The lead with this email, created if missing; given fields overwrite, None leaves a field alone."""
         ...
 
-    def set_status(self, lead_id: int, status: LeadStatus) -> None: ...
+    def advance(self, lead_id: int, target: LeadStatus) -> tuple[LeadStatus, LeadStatus]:
+        """Move the lead toward `target` by `model.advance`, from its status as committed (another
+        job may have moved it since this one read it); (status before, status after)."""
+        ...
 
     def campaign(self, client_id: int, external_id: str) -> Campaign:
         """The campaign the sending platform calls `external_id`, created active if unknown."""

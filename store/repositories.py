@@ -23,6 +23,7 @@ from domain.model import (
     Message,
     SequenceStep,
     TaskStatus,
+    advance,
     zone,
 )
 from domain.model import Sequence as FollowupSequence
@@ -227,8 +228,18 @@ class SqlLeads:
         self._s.flush()
         return _lead(row)
 
-    def set_status(self, lead_id: int, status: LeadStatus) -> None:
-        self._s.execute(update(LeadRow).where(LeadRow.id == lead_id).values(status=status))
+    def advance(self, lead_id: int, target: LeadStatus) -> tuple[LeadStatus, LeadStatus]:
+        # From the status as committed, the row locked: another job may have moved it since this
+        # one read the lead (FOR NO KEY UPDATE: the lock inserts referencing the lead take is shared).
+        current = LeadStatus(
+            self._s.scalars(
+                select(LeadRow.status).where(LeadRow.id == lead_id).with_for_update(key_share=True)
+            ).one()
+        )
+        status = advance(current, target)
+        if status != current:
+            self._s.execute(update(LeadRow).where(LeadRow.id == lead_id).values(status=status))
+        return current, status
 
     def campaign(self, client_id: int, external_id: str) -> Campaign:
         row = self._s.scalars(

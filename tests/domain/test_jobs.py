@@ -62,7 +62,7 @@ def add_lead(
         lead = u.leads.upsert(
             client.id, email, time_zone=tz, platform_lead_id=platform_id, campaign_id=campaign_id
         )
-        u.leads.set_status(lead.id, status)
+        u.leads.advance(lead.id, status)
         u.commit()
     return lead.id
 
@@ -231,7 +231,7 @@ def test_followups_cancels_instead_of_sending_when_the_lead_is_no_longer_eligibl
     add_sequence(store, client)
     start_sequences(store, ("ann@example.com", NOW - timedelta(days=3)))
     with store.uow() as u:
-        u.leads.set_status(1, LeadStatus.INTERESTED)
+        u.leads.advance(1, LeadStatus.INTERESTED)
         u.commit()
     with store.uow() as u:
         result = send_due_followups(u, sender=store.email(NOW), now=NOW, batch_size=10)
