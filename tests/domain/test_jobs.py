@@ -8,11 +8,13 @@ from datetime import datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import pytest
 from sqlalchemy import func, select
 
 from domain.appointment_reconcile import reconcile_appointments
 from domain.availability import refresh_availability
 from domain.availability_slot import push_availability_slots
+from domain.email_events import HANDLERS
 from domain.errors import PermanentError, TransientError
 from domain.followups import send_due_followups
 from domain.model import (
@@ -27,6 +29,7 @@ from domain.model import (
 )
 from domain.ports import Booking, OutgoingEmail
 from domain.response_timing import record_response_times
+from domain.webhooks import EmailWebhook
 from store.models import AvailabilitySlotRow
 from tests.domain.conftest import NOW, add_client, add_sequence, start_sequences
 from tests.support.domain_data import Store
@@ -297,6 +300,38 @@ def test_a_permanent_send_failure_marks_the_task_failed_and_the_run_goes_on(stor
     assert (result.sent, result.failed) == (1, 1)
     statuses = sorted((t["step"], t["status"]) for t in store.rows("followup_tasks"))
     assert statuses == [(1, "failed"), (1, "sent"), (2, "pending")]
+
+
+@pytest.mark.parametrize("fault", [PermanentError("HTTP 422"), TransientError("read timeout")])
+def test_a_task_cancelled_by_a_reply_while_its_send_was_in_flight_stays_cancelled(
+    store: Store, fault: Exception
+) -> None:
+    """The send failed after the webhook drain had cancelled the task: marking it failed (or counting
+    the attempt) went by the run's own copy of the row, and overwrote the cancellation."""
+    client = add_client(store)
+    add_sequence(store, client)
+    start_sequences(store, ("ann@example.com", NOW - timedelta(days=3)))
+    reply = EmailWebhook.model_validate(
+        {
+            "event": {"id": "e-r", "type": "LEAD_REPLIED"},
+            "workspace_id": "ws-acme",
+            "lead": {"email": "ann@example.com"},
+            "message": {"id": "m-r", "thread_id": "t-m0", "at": NOW - timedelta(minutes=1)},
+        }
+    )
+
+    class ReplyDuringSend:
+        def send(self, email: OutgoingEmail) -> str:
+            with store.uow() as u:
+                HANDLERS["LEAD_REPLIED"](u, reply, NOW)
+                u.commit()
+            raise fault
+
+    with store.uow() as u:
+        send_due_followups(u, sender=ReplyDuringSend(), now=NOW, batch_size=10)
+        u.commit()
+    [task] = store.rows("followup_tasks")
+    assert (task["status"], task["last_error"], task["attempts"]) == ("cancelled", "lead replied", 0)
 
 
 def test_a_task_that_keeps_failing_transiently_is_given_up(store: Store) -> None:
