@@ -110,6 +110,8 @@ def _reconcile_client(
     start_at: datetime,
     end_at: datetime,
 ) -> None:
+    # A booking listed twice (pages that overlap) is one booking: the later listing stands.
+    bookings = list({b.booking_id: b for b in bookings}.values())
     known = uow.appointments.by_booking_ids([b.booking_id for b in bookings])
     for booking in bookings:
         status = _FROM_PROVIDER.get(booking.status)

@@ -741,6 +741,23 @@ def test_reconcile_second_run_changes_nothing_and_reports_the_same_mismatches(st
     assert store.snapshot() == before
 
 
+def test_reconcile_takes_a_booking_the_provider_lists_twice_once(store: Store) -> None:
+    """It was inserted twice: the unique booking id failed the run, at the same client every time."""
+    client = add_client(store)
+    add_lead(store, client, "ann@example.com", status=LeadStatus.CONTACTED)
+    booking = Booking("bk-1", "ann@example.com", ny(9, 10), ny(9, 10, 30), "booked")
+
+    class Repeating:
+        def bookings(self, **_: Any) -> list[Booking]:
+            return [booking, booking]
+
+    with store.uow() as u:
+        result = reconcile_appointments(u, calendar=Repeating(), now=NOW, batch_size=10)  # type: ignore[arg-type]
+        u.commit()
+    assert (result.created, result.leads_booked) == (1, 1)
+    assert [a["provider_booking_id"] for a in store.rows("appointments")] == ["bk-1"]
+
+
 def test_reconcile_stops_on_a_transient_calendar_fault(store: Store) -> None:
     reconcile_fixture(store)
     with store.uow() as u:
