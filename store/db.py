@@ -7,8 +7,9 @@ import re
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
@@ -17,7 +18,7 @@ from alembic import command
 from alembic.config import Config
 from psycopg import pq
 from psycopg.adapt import PyFormat, Transformer
-from sqlalchemy import Engine, create_engine, event, exc, make_url
+from sqlalchemy import Engine, create_engine, event, exc, make_url, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from store.errors import StoreError, StoreUnavailable
@@ -142,6 +143,48 @@ class PgStatement:
         self.names = tuple(names)
         self.prepared_as = f"offload_{next(self._names)}".encode()
         self.formats = [PyFormat.TEXT] * len(names)  # typed by the server from where each one is used
+
+
+class DatabaseClock:
+    """UTC time by the database server's clock: this host's, corrected by their measured difference.
+
+    A lease is stamped on one host and judged on others (a claim taking over an expired slot, the
+    reaper): a host whose clock runs ahead would judge a live lease expired, and run a second job
+    past its cap. Read through this clock, every host keeps the server's time. The difference is
+    measured at first use and every `RESYNC_S` after; a measurement that fails keeps the last one.
+
+    Parameters:
+      engine: a PostgreSQL engine.
+      host: this host's UTC clock.
+    """
+
+    RESYNC_S = 60.0
+
+    def __init__(self, engine: Engine, *, host: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self._engine = engine
+        self._host = host
+        self._offset = timedelta(0)
+        self._resync_at = 0.0
+        self._lock = threading.Lock()
+
+    def __call__(self) -> datetime:
+        if time.monotonic() >= self._resync_at and self._lock.acquire(blocking=False):
+            try:
+                self._resync()
+            finally:
+                self._lock.release()
+        return self._host() + self._offset
+
+    def _resync(self) -> None:
+        self._resync_at = time.monotonic() + self.RESYNC_S
+        try:
+            with self._engine.connect() as conn:
+                before = self._host()
+                server: datetime = conn.execute(text("SELECT clock_timestamp()")).scalar_one()
+                after = self._host()
+        except exc.SQLAlchemyError:
+            return
+        self._offset = server - (before + (after - before) / 2)
 
 
 class Direct:

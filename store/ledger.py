@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 
 from domain import keys
 from domain.runs import CLAIMABLE, FINAL, REOPENABLE, Mode, RunStatus
-from store.db import Direct, PgStatement, make_sessions, translate_errors
+from store.db import DatabaseClock, Direct, PgStatement, make_sessions, translate_errors
 from store.errors import LeaseLost
 from store.leases import PG_RELEASE_SLOT, PG_TAKE_SLOT, SqlLeases, holder, slot_params
 from store.models import Run, RunEvent
@@ -292,14 +292,16 @@ class SqlLedger:
 
     Parameters:
       engine: the store's engine.
-      clock: returns the current UTC time (tests pass a fake).
+      clock: returns the current UTC time (tests pass a fake); by default the database server's.
     """
 
-    def __init__(self, engine: Engine, *, clock: Callable[[], datetime] = utcnow) -> None:
+    def __init__(self, engine: Engine, *, clock: Callable[[], datetime] | None = None) -> None:
         self._engine = engine
         self._sessions = make_sessions(engine)
-        self._clock = clock
         self._pg = engine.dialect.name == "postgresql"
+        # Leases are judged across hosts: by the server's clock (SQLite's server is this host).
+        clock = clock or (DatabaseClock(engine) if self._pg else utcnow)
+        self._clock = clock
         #: The hot statements' executor on PostgreSQL (the webhook intake's too).
         self.direct = Direct(engine) if self._pg else None
         self.leases = SqlLeases(engine, clock=clock)
