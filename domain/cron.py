@@ -6,7 +6,8 @@ jobs "at a particular time" (neither the minute nor the hour field starts with `
 does) from wildcard jobs:
 
 - clocks go back: a particular-time job does not run again in the repeated hour (croniter fires
-  it twice); a wildcard job runs on the new time, so in both passes of that hour;
+  it twice); a wildcard job runs on the new time, so in both passes of that hour (croniter
+  revisits it only where the change falls on the hour: Chatham's and Lord Howe's do not);
 - clocks go forward: a particular-time job whose time was skipped runs right after the change
   (croniter moves it there too); a wildcard job does not run for the skipped minutes.
 
@@ -17,6 +18,7 @@ at or before a time is found by walking forward.
 from __future__ import annotations
 
 import copy
+import heapq
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
@@ -69,9 +71,17 @@ def fires(expr: str, tz: str, *, after: datetime, until: datetime | None = None)
     particular = _at_particular_time(expr)
     minutes, hours = _parsed(expr).expanded[:2]
     it = _iterator(expr, after.astimezone(zone))
-    last = None
+    # A wildcard job's fires in the second pass of a repeated hour, due once the first pass is past:
+    # croniter revisits the repeated wall times only where the change is on the hour.
+    second_pass: list[datetime] = []
+    last = after
     while True:
         at: datetime = it.get_next(datetime).astimezone(UTC)
+        while second_pass and second_pass[0] <= min(at, until or at):
+            due = heapq.heappop(second_pass)
+            if due > last:
+                last = due
+                yield due
         if until is not None and at > until:
             return
         wall = at.astimezone(zone)
@@ -80,7 +90,9 @@ def fires(expr: str, tz: str, *, after: datetime, until: datetime | None = None)
                 continue  # the second pass of a repeated hour
         elif not (_has(minutes, wall.minute) and _has(hours, wall.hour)):
             continue  # croniter moved a minute the clock skipped to just after the change
-        if at != last:  # two skipped minutes of one job move to the same one
+        elif not wall.fold and wall.replace(fold=1).utcoffset() != wall.utcoffset():
+            heapq.heappush(second_pass, wall.replace(fold=1).astimezone(UTC))
+        if at > last:  # two skipped minutes of one job move to the same one
             last = at
             yield at
 

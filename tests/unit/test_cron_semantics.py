@@ -308,6 +308,36 @@ def test_the_slot_after_a_repeated_hour_is_its_first_pass_fire(
     assert keys.schedule_slot(expr, tz, now) == slot
 
 
+#: Zones whose clocks go back on the hour (New York, Berlin), at 02:00 by 30 minutes (Lord Howe),
+#: and at 03:45 (Chatham, whose repeated span 02:45-03:44 crosses an hour).
+FOLD_ZONES = ("America/New_York", "Europe/Berlin", "Australia/Lord_Howe", "Pacific/Chatham")
+WILDCARD_EXPRESSIONS = ("*/10 2 * * *", "*/7 2 * * *", "*/20 1,2 * * *", "* 1-3 * * *", "5 * * * *")
+
+
+def _clocks_go_back(tz: str) -> datetime:
+    """The first hour of YEAR, in UTC, at which `tz`'s clock has gone back."""
+    zone, at = ZoneInfo(tz), datetime(YEAR, 1, 1, tzinfo=UTC)
+    while (at + timedelta(hours=1)).astimezone(zone).utcoffset() >= at.astimezone(zone).utcoffset():  # type: ignore[operator]
+        at += timedelta(hours=1)
+    return at + timedelta(hours=1)
+
+
+@pytest.mark.parametrize("tz", FOLD_ZONES)
+def test_wildcard_jobs_run_in_both_passes_of_a_repeated_hour_wherever_the_change_falls(tz: str) -> None:
+    """Reference: every minute of the night whose wall time the expression matches. croniter revisits
+    a repeated span only when the change falls on the hour, so in Chatham and Lord Howe the second
+    pass never fired, and an HTTP trigger in it keyed a slot the scheduler never ran."""
+    zone, change = ZoneInfo(tz), _clocks_go_back(tz)
+    minutes = [change - timedelta(hours=4) + timedelta(minutes=m) for m in range(8 * 60)]
+    for expr in WILDCARD_EXPRESSIONS:
+        want = [u for u in minutes if croniter.match(expr, u.astimezone(zone).replace(tzinfo=None))]
+        got = list(cron.fires(expr, tz, after=minutes[0] - timedelta(minutes=1), until=minutes[-1]))
+        assert got == want, f"{expr!r} in {tz}: first difference " + _first_difference(got, want)
+        for minute in (m for m in minutes if m >= want[0]):
+            slot = max(w for w in want if w <= minute)
+            assert keys.schedule_slot(expr, tz, minute) == slot, (expr, tz, minute)
+
+
 def test_registry_jobs_fire_at_cron_minutes_in_their_own_zone(monkeypatch: pytest.MonkeyPatch) -> None:
     combos = [(spec.cron, spec.tz) for spec in JOBS if spec.cron is not None and "* * * *" not in spec.cron]
     for expr, tz, fired, _ in periodiq_minutes(combos, monkeypatch):
