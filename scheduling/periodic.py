@@ -80,7 +80,7 @@ class Loop(periodiq.Scheduler):  # type: ignore[misc]
         self._scheduling = True
         try:
             self._again = True
-            while self._again:
+            while self._again and not self.stopping:
                 self._again = False
                 super().schedule()
         finally:

@@ -86,6 +86,26 @@ def test_publishes_that_outlast_the_retry_for_hours_do_not_overflow_the_stack(
     assert dispatcher.failures == 0 and dispatcher.dispatched
 
 
+def test_a_stop_signal_during_stalled_publishes_ends_the_loop_after_the_current_tick(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = FakeClock(T0)
+    clock.patch(monkeypatch)
+    loop: Loop | None = None
+
+    class StoppedMeanwhile(StalledDispatcher):
+        def dispatch(self, job: str, *, trigger: str, slot: datetime | None = None) -> object:
+            assert loop is not None
+            loop.stopping = True  # what the SIGTERM handler sets, during the first stalled publish
+            return super().dispatch(job, trigger=trigger, slot=slot)
+
+    dispatcher = StoppedMeanwhile(clock, failures=200)
+    spec = replace(SPEC, cron="* * * * *", missed="catch-up-latest")
+    loop = Loop(Scheduler(registry=Registry([spec]), dispatcher=dispatcher, history=History(), retry_s=15))
+    loop.schedule()
+    assert dispatcher.failures == 199
+
+
 def test_a_store_fault_at_start_delays_the_job_until_the_ledger_answers() -> None:
     dispatcher = RecordingDispatcher()
     scheduler = Scheduler(registry=Registry([SPEC]), dispatcher=dispatcher, history=History(down_for=1))
