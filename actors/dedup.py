@@ -69,7 +69,9 @@ class Dedup(Middleware):
         assert claim.run is not None, "a refused claim says why"
         if claim.outcome == "busy":
             assert claim.run.lease_expires_at is not None
-            lease_end_ms = int(claim.run.lease_expires_at.timestamp() * 1000)
+            # The lease's end by this host's clock: the ledger stamps it by the database's.
+            left = claim.run.lease_expires_at - self.ledger.now()
+            lease_end_ms = attempt.now_ms() + int(left.total_seconds() * 1000)
             # Waiting for a live holder is not counted: a redelivered copy of a message whose worker
             # died carries the stamp of any wait it had before it claimed, and must outlast the lease.
             defer(

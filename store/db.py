@@ -7,7 +7,7 @@ import re
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -146,45 +146,53 @@ class PgStatement:
 
 
 class DatabaseClock:
-    """UTC time by the database server's clock: this host's, corrected by their measured difference.
+    """UTC time by the database server's clock.
 
     A lease is stamped on one host and judged on others (a claim taking over an expired slot, the
-    reaper): a host whose clock runs ahead would judge a live lease expired, and run a second job
-    past its cap. Read through this clock, every host keeps the server's time. The difference is
-    measured at first use and every `RESYNC_S` after; a measurement that fails keeps the last one.
+    reaper): a host whose clock ran ahead would judge a live lease expired, and run a second job
+    past its cap. This clock reads the server's (`clock_timestamp()`, less half the round trip)
+    every `RESYNC_S`, and runs on this host's monotonic clock in between: neither a skewed nor a
+    stepped host clock moves it. Until the server first answers it is this host's clock, and it
+    asks again `RETRY_S` later.
 
     Parameters:
       engine: a PostgreSQL engine.
-      host: this host's UTC clock.
     """
 
     RESYNC_S = 60.0
+    RETRY_S = 1.0
 
-    def __init__(self, engine: Engine, *, host: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+    def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        self._host = host
-        self._offset = timedelta(0)
-        self._resync_at = 0.0
+        self._synced: tuple[datetime, float] | None = None  # the server's time, and monotonic time then
+        self._next_read = 0.0
         self._lock = threading.Lock()
 
     def __call__(self) -> datetime:
-        if time.monotonic() >= self._resync_at and self._lock.acquire(blocking=False):
+        # The first reading is waited for; a later one is taken by one thread while the rest go on.
+        if time.monotonic() >= self._next_read and self._lock.acquire(blocking=self._synced is None):
             try:
-                self._resync()
+                if time.monotonic() >= self._next_read:
+                    self._read()
             finally:
                 self._lock.release()
-        return self._host() + self._offset
+        synced = self._synced
+        if synced is None:
+            return datetime.now(UTC)
+        server, at = synced
+        return server + timedelta(seconds=time.monotonic() - at)
 
-    def _resync(self) -> None:
-        self._resync_at = time.monotonic() + self.RESYNC_S
+    def _read(self) -> None:
         try:
             with self._engine.connect() as conn:
-                before = self._host()
+                sent = time.monotonic()
                 server: datetime = conn.execute(text("SELECT clock_timestamp()")).scalar_one()
-                after = self._host()
+                received = time.monotonic()
         except exc.SQLAlchemyError:
+            self._next_read = time.monotonic() + self.RETRY_S
             return
-        self._offset = server - (before + (after - before) / 2)
+        self._synced = (server.astimezone(UTC), (sent + received) / 2)
+        self._next_read = received + self.RESYNC_S
 
 
 class Direct:
