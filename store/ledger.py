@@ -442,7 +442,7 @@ class SqlLedger:
         now = self._clock()
         with translate_errors(), self._sessions() as s:
             row = _lock(s, key)
-            if row.lease_token != token if token is not None else not _unheld(row, attempt):
+            if row.lease_token != token if token is not None else not _unheld(row, attempt, final=True):
                 return None
             err = (type(error).__name__, str(error)) if error is not None else None
             _record_claim(s, row)
@@ -456,7 +456,7 @@ class SqlLedger:
         now = self._clock()
         with translate_errors(), self._sessions() as s:
             row = s.scalars(select(Run).where(Run.dispatch_key == key).with_for_update()).one_or_none()
-            if row is None or not _unheld(row, attempt):
+            if row is None or not _unheld(row, attempt, final=False):
                 return None
             row.deferrals += 1
             if row.status != RunStatus.DEFERRED:
@@ -755,15 +755,18 @@ def _new_row(new: NewRun, now: datetime) -> dict[str, Any]:
 _WAITING = frozenset({RunStatus.QUEUED, RunStatus.DEFERRED, RunStatus.RETRYING})
 
 
-def _unheld(row: Run, attempt: int | None) -> bool:
+def _unheld(row: Run, attempt: int | None, *, final: bool) -> bool:
     """Whether a verdict about a message that holds nothing may be written on `row`.
 
     Only on a run no attempt holds and that has not ended, so a late verdict never overwrites a
-    run that another delivery is running or has finished: not on a `lost` run either, whose
-    attempt may still finish it. With `attempt` (the run's attempts when the verdict's claim
-    looked), only if no attempt has started since: another copy of the message may have run one.
+    run that another delivery is running or has finished. With `attempt` (the run's attempts
+    when the verdict's claim looked), only if no attempt has started since: another copy of the
+    message may have run one. A `lost` run's attempt may still be running (it overran its lease):
+    a deferral leaves the run to it, while the copy waits to take it over; a final verdict (the
+    copy dead-lettered or skipped) ends it, since no message is left to.
     """
-    return row.status in CLAIMABLE - {RunStatus.LOST} and attempt in (None, row.attempt)
+    statuses = CLAIMABLE if final else CLAIMABLE - {RunStatus.LOST}
+    return row.status in statuses and attempt in (None, row.attempt)
 
 
 _INLINE_GONE = "the process running it inline stopped before it finished (its lease expired)"

@@ -1,6 +1,7 @@
 """A verdict about a message that holds nothing (its claim found the cap full) is written after the
 fact, by StatusLedger. It must not overwrite what happened to the run meanwhile: an attempt another
-copy of the message ran, or a `lost` run whose overrunning attempt may still finish it.
+copy of the message ran, or a `lost` run whose overrunning attempt may still finish it while the
+copy waits to take it over.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from dramatiq.broker import MessageProxy
 from dramatiq.middleware import SkipMessage
+from sqlalchemy import Engine
 
 from domain.runs import RunStatus
 from offload.wiring import Runtime
@@ -82,30 +84,47 @@ def test_a_late_final_verdict_does_not_end_a_run_whose_retry_is_owed(
     assert ledger.claim(_run("k"), cap=1, lease_s=60, worker=A, max_attempts=4).outcome == "claimed"
 
 
-@pytest.mark.parametrize("verdict", ["deferred", "skipped", "dead"])
-def test_a_verdict_about_another_copy_of_a_lost_runs_message_leaves_its_attempt_to_finish(
-    database_url: str, verdict: str
-) -> None:
-    """The reaper marked run `a` lost, but its attempt still runs (it overran its lease) and may
-    still succeed, as long as no copy of the message took the run over. A copy that found the cap
-    full took nothing over."""
+def _overran_and_reaped(database_url: str) -> tuple[Engine, SqlLedger, str]:
+    """Run `a` overran its 1 s lease (its attempt may still run, or its worker died); run `b` took
+    the only slot and the reaper marked `a` lost. The engine, a ledger, and `a`'s attempt's token."""
     engine = db.make_engine(database_url)
     past = datetime.now(UTC) - timedelta(minutes=5)
     old, now = SqlLedger(engine, clock=lambda: past), SqlLedger(engine)
+    for key in ("a", "b"):
+        old.record_dispatch(_run(key))
+    overran = old.claim(_run("a"), cap=1, lease_s=1, worker=A, max_attempts=10)
+    assert overran.token is not None
+    assert now.claim(_run("b"), cap=1, lease_s=600, worker=B, max_attempts=10).outcome == "claimed"
+    assert now.reap() == 1
+    return engine, now, overran.token
+
+
+def test_a_deferral_of_another_copy_of_a_lost_runs_message_leaves_its_attempt_to_finish(
+    database_url: str,
+) -> None:
+    """A copy that found the cap full took nothing over, and waits to."""
+    engine, ledger, token = _overran_and_reaped(database_url)
     try:
-        for key in ("a", "b"):
-            old.record_dispatch(_run(key))
-        overrunning = old.claim(_run("a"), cap=1, lease_s=1, worker=A, max_attempts=10)
-        assert overrunning.token is not None
-        assert now.claim(_run("b"), cap=1, lease_s=600, worker=B, max_attempts=10).outcome == "claimed"
-        assert now.reap() == 1
-        copy = now.claim(_run("a"), cap=1, lease_s=600, worker=B, max_attempts=10)
+        copy = ledger.claim(_run("a"), cap=1, lease_s=600, worker=B, max_attempts=10)
         assert copy.outcome == "capped"
-        if verdict == "deferred":
-            now.defer("a", detail="concurrency cap 1 reached", attempt=copy.attempt)
-        else:
-            now.finish("a", RunStatus(verdict), token=None, attempt=copy.attempt, detail="cap reached")
-        now.complete_in(None, "a", overrunning.token, {"ok": 1}, job="test-capped", started_at=now.now())
-        assert now.get("a").status == "succeeded"  # type: ignore[union-attr]
+        ledger.defer("a", detail="concurrency cap 1 reached", attempt=copy.attempt)
+        assert ledger.get("a").status == "lost"  # type: ignore[union-attr]
+        ledger.complete_in(None, "a", token, {"ok": 1}, job="test-capped", started_at=ledger.now())
+        assert ledger.get("a").status == "succeeded"  # type: ignore[union-attr]
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("verdict", [RunStatus.SKIPPED, RunStatus.DEAD])
+def test_a_final_verdict_on_the_last_copy_of_a_lost_runs_message_ends_the_run(
+    database_url: str, verdict: RunStatus
+) -> None:
+    """The copy was skipped or dead-lettered: no message is left to take the run over, and a run
+    left `lost` would stay so (replay and requeue-stale leave lost runs to their message)."""
+    engine, ledger, _ = _overran_and_reaped(database_url)
+    try:
+        copy = ledger.claim(_run("a"), cap=1, lease_s=600, worker=B, max_attempts=10)
+        ledger.finish("a", verdict, token=None, attempt=copy.attempt, detail="concurrency cap 1 reached")
+        assert ledger.get("a").status == verdict  # type: ignore[union-attr]
     finally:
         engine.dispose()
