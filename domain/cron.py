@@ -70,7 +70,11 @@ def fires(expr: str, tz: str, *, after: datetime, until: datetime | None = None)
     zone = ZoneInfo(tz)
     particular = _at_particular_time(expr)
     minutes, hours = _parsed(expr).expanded[:2]
-    it = _iterator(expr, after.astimezone(zone))
+    # Within a repeated span, the second-pass fires after `after` are queued by their first-pass
+    # twins: start early enough to meet those (only fires after `after` are yielded).
+    wall = after.astimezone(zone)
+    repeated = wall.replace(fold=0).utcoffset() - wall.replace(fold=1).utcoffset()  # type: ignore[operator]
+    it = _iterator(expr, (after - max(repeated, timedelta(0))).astimezone(zone))
     # A wildcard job's fires in the second pass of a repeated hour, due once the first pass is past:
     # croniter revisits the repeated wall times only where the change is on the hour.
     second_pass: list[datetime] = []

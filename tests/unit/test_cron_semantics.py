@@ -336,6 +336,10 @@ def test_wildcard_jobs_run_in_both_passes_of_a_repeated_hour_wherever_the_change
         for minute in (m for m in minutes if m >= want[0]):
             slot = max(w for w in want if w <= minute)
             assert keys.schedule_slot(expr, tz, minute) == slot, (expr, tz, minute)
+        # The scheduler resumes from the last slot it handled (a restart, a failed dispatch).
+        for after in minutes[120:-120:7]:
+            resumed = list(cron.fires(expr, tz, after=after, until=after + timedelta(hours=2)))
+            assert resumed == [w for w in want if after < w <= after + timedelta(hours=2)], (expr, tz, after)
 
 
 def test_registry_jobs_fire_at_cron_minutes_in_their_own_zone(monkeypatch: pytest.MonkeyPatch) -> None:
