@@ -64,23 +64,18 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Any) -> None:
-            dbapi_connection = conn.connection.dbapi_connection
             try:
-                if not writer.take(dbapi_connection, timeout_s=SQLITE_BUSY_TIMEOUT_MS / 1000):
+                if not writer.take(timeout_s=SQLITE_BUSY_TIMEOUT_MS / 1000):
                     raise StoreUnavailable("database is locked (waited for another writer of this process)")
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
             except BaseException:
-                writer.give_back(dbapi_connection)
+                writer.give_back()
                 raise
 
-        def _ended(conn: Any) -> None:
-            writer.give_back(conn.connection.dbapi_connection)
-
-        event.listen(engine, "commit", _ended)
-        event.listen(engine, "rollback", _ended)
-        # and when a connection goes back to the pool with a transaction SQLAlchemy never recorded
-        # (an interrupt that landed just after BEGIN)
-        event.listen(engine, "checkin", lambda dbapi_connection, _record: writer.give_back(dbapi_connection))
+        # A transaction ends with a commit or rollback, or with its connection going back to the
+        # pool (one an interrupt made SQLAlchemy invalidate is dropped without either).
+        for ended in ("commit", "rollback", "checkin"):
+            event.listen(engine, ended, lambda *_: writer.give_back())
         return engine
     # No pre-ping: it costs a round trip per transaction. A connection that died with its server
     # fails its statement with StoreUnavailable, the pool drops it, and the guards defer or retry.
@@ -90,28 +85,30 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
 
 
 class _Writer:
-    """The SQLite writer of this process, held by one connection from a transaction's BEGIN to its end.
+    """The SQLite writer of this process, held by one thread from a transaction's BEGIN to its end.
 
-    Who holds it is recorded under the mutex that grants it, so an interrupt raised in a thread
-    as it is granted (a job's time limit) cannot leave it held by nobody: every later write of the
-    process would wait for it in vain.
+    A thread runs one transaction at a time (a second would wait for the writer it holds). Who
+    holds it is recorded under the mutex that grants it, so an interrupt raised in a thread as it
+    is granted (a job's time limit) cannot leave it held by nobody; and a thread whose transaction
+    ended unseen takes it again at its next BEGIN, rather than waiting for itself.
     """
 
     def __init__(self) -> None:
         self._changed = threading.Condition()
-        self._holder: object | None = None
+        self._holder: int | None = None
 
-    def take(self, holder: object, *, timeout_s: float) -> bool:
+    def take(self, *, timeout_s: float) -> bool:
+        me = threading.get_ident()
         with self._changed:
-            if not self._changed.wait_for(lambda: self._holder is None, timeout_s):
+            if self._holder != me and not self._changed.wait_for(lambda: self._holder is None, timeout_s):
                 return False
-            self._holder = holder
+            self._holder = me
             return True
 
-    def give_back(self, holder: object) -> None:
-        """Free the writer if `holder` holds it."""
+    def give_back(self) -> None:
+        """Free the writer if this thread holds it."""
         with self._changed:
-            if self._holder is holder:
+            if self._holder == threading.get_ident():
                 self._holder = None
                 self._changed.notify_all()  # all: a waiter woken and then interrupted takes nothing
 

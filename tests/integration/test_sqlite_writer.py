@@ -2,12 +2,14 @@
 
 dramatiq's TimeLimit (and the inline one) interrupts a job's thread with an asynchronous exception,
 which Python delivers when the thread next runs bytecode: for a thread waiting for the writer, as
-soon as it is granted. It used to land before the grant was recorded, so nothing ever freed the
-writer, and every later write of the process (claims, completions, verdicts) failed.
+soon as it is granted; for a thread in a statement, as the statement returns, and SQLAlchemy then
+drops the connection without a rollback. Either way nothing freed the writer, and every later write
+of the process (claims, completions, verdicts) failed.
 """
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from pathlib import Path
@@ -64,6 +66,45 @@ def test_a_time_limit_that_lands_while_waiting_for_the_writer_does_not_wedge_the
     new = NewRun("test-record", "k", "k", "c", "cli", "queue", None, {})
     try:
         ledger.record_dispatch(new)
+    except StoreUnavailable as e:
+        raise AssertionError(f"every write of this process now fails: {e}") from e
+    finally:
+        engine.dispose()
+
+
+#: A statement long enough for the interrupt to land in it.
+SLOW = (
+    "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 3000000) SELECT count(*) FROM c"
+)
+
+
+def test_a_time_limit_that_lands_in_a_statement_does_not_wedge_the_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(db, "SQLITE_BUSY_TIMEOUT_MS", 1_500)
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'offload.db'}")
+    db.upgrade(engine)
+    interrupted, started = threading.Event(), threading.Event()
+
+    def job() -> None:
+        try:
+            with engine.begin() as conn:
+                conn.execute(text("SELECT 1"))
+                started.set()
+                conn.execute(text(SLOW))
+        except BaseException:
+            interrupted.set()
+
+    j = threading.Thread(target=job)
+    j.start()
+    assert started.wait(5)
+    time.sleep(0.05)
+    raise_thread_exception(j.ident, TimeLimitExceeded)
+    j.join(30)
+    assert interrupted.is_set()
+    gc.collect()  # the dropped connection, and with it SQLite's own lock, goes with its last reference
+    try:
+        SqlLedger(engine).record_dispatch(NewRun("test-record", "k", "k", "c", "cli", "queue", None, {}))
     except StoreUnavailable as e:
         raise AssertionError(f"every write of this process now fails: {e}") from e
     finally:
