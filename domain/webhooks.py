@@ -29,17 +29,22 @@ def _fits_lower_cased(email: str) -> str:
     return email
 
 
-def _has_a_utc_time(at: datetime) -> datetime:
-    # The store keeps times in UTC: 9999-12-31T23:59-05:00 has no UTC value to keep.
+#: The times an event may carry: the handlers count days from them, and the store keeps them in UTC.
+EARLIEST, LATEST = datetime(1970, 1, 1, tzinfo=UTC), datetime(2200, 1, 1, tzinfo=UTC)
+
+
+def _in_range(at: datetime) -> datetime:
     try:
-        at.astimezone(UTC)
-    except OverflowError:
-        raise ValueError("the time is out of range in UTC") from None
+        in_range = EARLIEST <= at < LATEST
+    except OverflowError:  # 9999-12-31T23:59-05:00 has no UTC value
+        in_range = False
+    if not in_range:
+        raise ValueError(f"the time is out of range: from {EARLIEST.year} up to {LATEST.year}")
     return at
 
 
-#: A time with its UTC offset, that has a UTC value.
-UtcTime = Annotated[AwareDatetime, AfterValidator(_has_a_utc_time)]
+#: A time with its UTC offset, within range.
+UtcTime = Annotated[AwareDatetime, AfterValidator(_in_range)]
 
 
 class EventMeta(BaseModel):

@@ -173,8 +173,9 @@ def test_malformed_json_is_400_and_nothing_is_stored(
             {**payload("e"), "message": {"id": "m", "at": "2026-01-05T09:00:00Z", "thread_id": "t" * 301}},
             ["message.thread_id"],
         ),
-        # a time the store keeps in UTC must have one
+        # the store keeps times in UTC, and the handlers count days from them
         ({**payload("e"), "message": {"id": "m", "at": "9999-12-31T23:59:59-05:00"}}, ["message.at"]),
+        ({**payload("e"), "message": {"id": "m", "at": "9999-12-31T00:00:00Z"}}, ["message.at"]),
         (
             {**payload("e"), "event": {"id": "e", "type": "X", "created_at": "0001-01-01T00:00:00+05:00"}},
             ["event.created_at"],
@@ -199,6 +200,7 @@ def test_malformed_json_is_400_and_nothing_is_stored(
         "name-longer-than-its-column",
         "thread-longer-than-its-column",
         "time-past-the-last-utc-year",
+        "time-past-2200",
         "created-before-the-first-utc-year",
     ],
 )
