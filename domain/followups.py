@@ -74,9 +74,9 @@ def send_due_followups(
         client = uow.clients.get(lead.client_id)
         step = uow.followups.sequence(task.sequence_id).step(task.step)
         if step is None:
-            uow.followups.mark_failed(task.id, error=f"step {task.step} is no longer in the sequence", at=now)
+            error = f"step {task.step} is no longer in the sequence"
+            failed += uow.followups.mark_failed(task.id, error=error, at=now)
             uow.commit()
-            failed += 1
             continue
         email = OutgoingEmail(
             idempotency_key=task.idempotency_key,
@@ -92,8 +92,7 @@ def send_due_followups(
         except TransientError as e:
             error = f"{type(e).__name__}: {e}"[:_ERROR_CHARS]
             if task.attempts + 1 >= max_attempts:
-                uow.followups.mark_failed(task.id, error=error, at=now)
-                failed += 1
+                failed += uow.followups.mark_failed(task.id, error=error, at=now)
             else:
                 uow.followups.record_error(task.id, error=error)
                 retry_later += 1
@@ -102,9 +101,9 @@ def send_due_followups(
             stopped = True
             break
         except PermanentError as e:
-            uow.followups.mark_failed(task.id, error=f"{type(e).__name__}: {e}"[:_ERROR_CHARS], at=now)
+            error = f"{type(e).__name__}: {e}"[:_ERROR_CHARS]
+            failed += uow.followups.mark_failed(task.id, error=error, at=now)
             uow.commit()
-            failed += 1
             continue
         if not uow.followups.mark_sent(task.id, provider_message_id=message_id, at=now):
             uow.commit()

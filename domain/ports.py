@@ -245,8 +245,9 @@ class Followups(Protocol):
         """Pending -> sent; False (and no change) when the task is no longer pending."""
         ...
 
-    def mark_failed(self, task_id: int, *, error: str, at: datetime) -> None:
-        """Pending -> failed; a task no longer pending (a reply cancelled it meanwhile) is left alone."""
+    def mark_failed(self, task_id: int, *, error: str, at: datetime) -> bool:
+        """Pending -> failed; False (and no change) when the task is no longer pending (a reply
+        cancelled it meanwhile)."""
         ...
 
     def record_error(self, task_id: int, *, error: str) -> None:

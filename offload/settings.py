@@ -71,8 +71,9 @@ class Settings(BaseSettings):
     #: job -> cron expression (or null: never scheduled), as JSON, overriding the registry's.
     schedules: dict[str, str | None] = Field(default_factory=dict)
     scheduler_grace_s: float = Field(60.0, gt=0, le=MAX_SECONDS, allow_inf_nan=False)
-    #: At least a day: a restarted scheduler resumes from the runs of the last day (its missed-slot
-    #: window), and a late copy of a message finds its run's key, so neither runs a slot twice.
+    #: At least a day: a restarted scheduler settles the slots of its missed-slot window (up to a
+    #: day) from the latest slot on the ledger, and a late copy of a message finds its run's key,
+    #: so neither runs a slot twice.
     ledger_retention_days: float = Field(30.0, ge=1, le=MAX_RETENTION_DAYS, allow_inf_nan=False)
     run_event_retention_days: float = Field(30.0, gt=0, le=MAX_RETENTION_DAYS, allow_inf_nan=False)
 

@@ -476,21 +476,22 @@ class SqlFollowups:
         )
         return int(result.rowcount) == 1  # type: ignore[attr-defined]
 
-    def mark_failed(self, task_id: int, *, error: str, at: datetime) -> None:
-        self._if_pending(task_id, status=TaskStatus.FAILED, last_error=error, finished_at=at)
+    def mark_failed(self, task_id: int, *, error: str, at: datetime) -> bool:
+        return self._if_pending(task_id, status=TaskStatus.FAILED, last_error=error, finished_at=at)
 
     def record_error(self, task_id: int, *, error: str) -> None:
         self._if_pending(task_id, last_error=error)
 
-    def _if_pending(self, task_id: int, **values: Any) -> None:
+    def _if_pending(self, task_id: int, **values: Any) -> bool:
         # In one statement against the row as committed: a reply may have cancelled the task while
         # its send was in flight, and the session's copy of the row does not show it.
-        self._s.execute(
+        result = self._s.execute(
             update(FollowupTaskRow)
             .where(FollowupTaskRow.id == task_id, FollowupTaskRow.status == TaskStatus.PENDING)
             .values(attempts=FollowupTaskRow.attempts + 1, **values)
             .execution_options(synchronize_session="fetch")
         )
+        return int(result.rowcount) == 1  # type: ignore[attr-defined]
 
     def cancel_pending(self, lead_id: int, *, at: datetime, reason: str) -> int:
         result = self._s.execute(

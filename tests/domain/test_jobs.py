@@ -302,9 +302,13 @@ def test_a_permanent_send_failure_marks_the_task_failed_and_the_run_goes_on(stor
     assert statuses == [(1, "failed"), (1, "sent"), (2, "pending")]
 
 
-@pytest.mark.parametrize("fault", [PermanentError("HTTP 422"), TransientError("read timeout")])
+@pytest.mark.parametrize(
+    ("fault", "max_attempts"),
+    [(PermanentError("HTTP 422"), 3), (TransientError("read timeout"), 3), (TransientError("timeout"), 1)],
+    ids=["refused", "to-retry", "given-up"],
+)
 def test_a_task_cancelled_by_a_reply_while_its_send_was_in_flight_stays_cancelled(
-    store: Store, fault: Exception
+    store: Store, fault: Exception, max_attempts: int
 ) -> None:
     """The send failed after the webhook drain had cancelled the task: marking it failed (or counting
     the attempt) went by the run's own copy of the row, and overwrote the cancellation."""
@@ -328,10 +332,12 @@ def test_a_task_cancelled_by_a_reply_while_its_send_was_in_flight_stays_cancelle
             raise fault
 
     with store.uow() as u:
-        send_due_followups(u, sender=ReplyDuringSend(), now=NOW, batch_size=10)
+        sender = ReplyDuringSend()
+        result = send_due_followups(u, sender=sender, now=NOW, batch_size=10, max_attempts=max_attempts)
         u.commit()
     [task] = store.rows("followup_tasks")
     assert (task["status"], task["last_error"], task["attempts"]) == ("cancelled", "lead replied", 0)
+    assert result.failed == 0
 
 
 def test_a_task_that_keeps_failing_transiently_is_given_up(store: Store) -> None:
