@@ -19,6 +19,7 @@ from alembic.config import Config
 from psycopg import pq
 from psycopg.adapt import PyFormat, Transformer
 from sqlalchemy import Engine, create_engine, event, exc, make_url, text
+from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.orm import Session, sessionmaker
 
 from store.errors import StoreError, StoreUnavailable
@@ -76,6 +77,15 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
         # pool (one an interrupt made SQLAlchemy invalidate is dropped without either).
         for ended in ("commit", "rollback", "checkin"):
             event.listen(engine, ended, lambda *_: writer.give_back())
+
+        @event.listens_for(engine, "handle_error")
+        def _interrupted(ctx: ExceptionContext) -> None:
+            # An interrupt (a time limit) in a statement: the dropped connection's cursor lives on in
+            # the traceback's frames, and with it SQLite's lock, until the garbage collector finds it.
+            cursor = ctx.execution_context.cursor if ctx.execution_context is not None else None
+            if not isinstance(ctx.original_exception, Exception) and cursor is not None:
+                cursor.close()
+
         return engine
     # No pre-ping: it costs a round trip per transaction. A connection that died with its server
     # fails its statement with StoreUnavailable, the pool drops it, and the guards defer or retry.
