@@ -762,10 +762,11 @@ def _unheld(row: Run, attempt: int | None, *, final: bool) -> bool:
     run that another delivery is running or has finished. With `attempt` (the run's attempts
     when the verdict's claim looked), only if no attempt has started since: another copy of the
     message may have run one. A `lost` run's attempt may still be running (it overran its lease):
-    a deferral leaves the run to it, while the copy waits to take it over; a final verdict (the
-    copy dead-lettered or skipped) ends it, since no message is left to.
+    a deferral leaves the run to it, while the copy waits to take it over. A capped copy's final
+    verdict (dead-lettered or skipped) ends it: that copy was the message that would have taken
+    the run over. Any other copy's leaves it to the holder's message.
     """
-    statuses = CLAIMABLE if final else CLAIMABLE - {RunStatus.LOST}
+    statuses = CLAIMABLE if final and attempt is not None else CLAIMABLE - {RunStatus.LOST}
     return row.status in statuses and attempt in (None, row.attempt)
 
 

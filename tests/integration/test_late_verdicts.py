@@ -99,6 +99,36 @@ def _overran_and_reaped(database_url: str) -> tuple[Engine, SqlLedger, str]:
     return engine, now, overran.token
 
 
+def test_a_dead_letter_of_a_copy_that_found_the_run_held_leaves_a_lost_run_to_its_message(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The copy could not be deferred (the broker refused it) and was dead-lettered; meanwhile the
+    holder died and the run was reaped. The holder's redelivered message takes the run over: the
+    copy's `dead` ended it, and that message found a duplicate."""
+    clock = Clock()
+    g = Guards(runtime, clock, monkeypatch)
+    key = "test-crashable:k"
+    new = _run(key, "test-crashable")
+    g.ledger.record_dispatch(new)
+    assert g.ledger.claim(new, cap=1, lease_s=60, worker=A, max_attempts=10).token is not None
+
+    def refuse(message: object, *, delay: int | None = None) -> object:
+        raise ConnectionError("broker gone")
+
+    monkeypatch.setattr(g.broker, "enqueue", refuse)
+    copy = MessageProxy(runtime.actors["test-crashable"].message(key, {}).copy(message_id=key))
+    with pytest.raises(SkipMessage):
+        for m in g.front:
+            m.before_process_message(g.broker, copy)
+    assert copy.failed
+    clock.advance(120)
+    assert g.ledger.reap() == 1
+    for m in reversed(g.front):
+        m.after_skip_message(g.broker, copy)
+    assert g.ledger.get(key).status == "lost"  # type: ignore[union-attr]
+    assert g.ledger.claim(new, cap=1, lease_s=60, worker=B, max_attempts=10).outcome == "claimed"
+
+
 def test_a_deferral_of_another_copy_of_a_lost_runs_message_leaves_its_attempt_to_finish(
     database_url: str,
 ) -> None:
