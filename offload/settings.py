@@ -140,7 +140,7 @@ class Settings(BaseSettings):
         _checked(value, ("amqp", "amqps"), "an amqp://")
         import pika
 
-        from actors.broker import with_connection_defaults
+        from actors.amqp_url import with_connection_defaults
 
         try:  # the query's options, read as the broker's connections will read them
             pika.URLParameters(with_connection_defaults(value))

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from sqlalchemy import make_url
 
-from actors.broker import TCP_USER_TIMEOUT_MS
+from actors.amqp_url import TCP_USER_TIMEOUT_MS
 from store import db
 from tests.services import Postgres, Rabbit
 from tests.support.island import Island, require_islands

@@ -13,7 +13,7 @@ import time
 
 import pika
 
-from actors.broker import with_connection_defaults
+from actors.amqp_url import with_connection_defaults
 
 
 def main(url: str) -> None:
