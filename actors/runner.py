@@ -169,7 +169,7 @@ class JobRunner:
 
 class TimeLimit:
     """Interrupts this thread after `seconds`, as dramatiq's TimeLimit does a worker's, so an
-    inline run ends before its lease does (no other attempt can take over a run still running).
+    inline run's body ends before its lease does (no other attempt can take over a run still running).
     Like dramatiq's, it cannot cut a system call short: it lands when the call returns.
 
     It raises `exceeded`, a TimeLimitExceeded of its own, so an enclosing limit's interrupt (a

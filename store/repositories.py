@@ -463,18 +463,9 @@ class SqlFollowups:
         return [_task(r) for r in rows]
 
     def mark_sent(self, task_id: int, *, provider_message_id: str, at: datetime) -> bool:
-        result = self._s.execute(
-            update(FollowupTaskRow)
-            .where(FollowupTaskRow.id == task_id, FollowupTaskRow.status == TaskStatus.PENDING)
-            .values(
-                status=TaskStatus.SENT,
-                provider_message_id=provider_message_id,
-                finished_at=at,
-                attempts=FollowupTaskRow.attempts + 1,
-            )
-            .execution_options(synchronize_session="fetch")
+        return self._if_pending(
+            task_id, status=TaskStatus.SENT, provider_message_id=provider_message_id, finished_at=at
         )
-        return int(result.rowcount) == 1  # type: ignore[attr-defined]
 
     def mark_failed(self, task_id: int, *, error: str, at: datetime) -> bool:
         return self._if_pending(task_id, status=TaskStatus.FAILED, last_error=error, finished_at=at)

@@ -19,6 +19,7 @@ from actors import attempt
 from actors.dedup import Dedup
 from offload.wiring import Runtime
 from store import db
+from store import ledger as ledger_module
 from store.db import DatabaseClock
 from store.ledger import NewRun, SqlLedger, Worker
 from tests.services import Postgres
@@ -70,6 +71,7 @@ def test_a_host_whose_clock_runs_ahead_neither_reaps_a_live_run_nor_takes_its_sl
     held = on_time.claim(_run("live"), cap=1, lease_s=30, worker=Worker("a", 1), max_attempts=5)
     assert held.outcome == "claimed"
     monkeypatch.setattr(db, "datetime", _Ahead)
+    monkeypatch.setattr(ledger_module, "datetime", _Ahead)  # this host's clock, wherever it is read
     ahead = SqlLedger(engine)
     assert abs(ahead.now() - _server_now(engine)) < timedelta(seconds=1)
     assert ahead.reap() == 0
